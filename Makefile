@@ -1,0 +1,46 @@
+# Palisade: the two commands of the README, and the pieces they are made of.
+#   make demo   build the plugins, start the mock upstream and the gateway, run the scenes
+#   make test   build the plugins and run every test (what .ci/run calls)
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+DIST := dist/plugins
+OUT := target/$(WASM_TARGET)/plugin
+
+.PHONY: demo test plugins setup test-rust test-e2e bench lint
+
+## Install what a fresh machine lacks: the Wasm target and the Python test clients.
+setup:
+	rustup target add $(WASM_TARGET)
+	python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+## Build the shipped plugins and the test fixtures as Wasm components into dist/plugins/.
+plugins:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	$(CARGO) build --quiet --target $(WASM_TARGET) --profile plugin \
+		-p palisade-plugin-model-allow -p palisade-fixture-plugin -p palisade-fixture-wrong-world
+	@mkdir -p $(DIST)
+	@cp $(OUT)/palisade_plugin_model_allow.wasm $(DIST)/model-allow.wasm
+	@cp $(OUT)/palisade_fixture_plugin.wasm $(DIST)/fixture.wasm
+	@cp $(OUT)/palisade_fixture_wrong_world.wasm $(DIST)/wrong-world.wasm
+	@echo "plugins built into $(DIST)/"
+
+demo: plugins
+	$(CARGO) run --quiet -p palisade -- demo
+
+test: setup plugins test-rust test-e2e
+
+test-rust:
+	$(CARGO) test --workspace
+
+test-e2e:
+	$(CARGO) build --quiet -p palisade -p mock-upstream
+	python3 -m pytest -q tests/e2e
+
+bench: plugins
+	$(CARGO) bench -p palisade --bench chain
+	bash benches/e2e.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

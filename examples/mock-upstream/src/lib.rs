@@ -1,0 +1,426 @@
+//! `mock-upstream`: a fast fake OpenAI-compatible LLM provider for Palisade's integration tests,
+//! benchmarks and demo. It answers `GET /v1/models` and `POST /v1/chat/completions` (whole and
+//! streamed) with a deterministic echo, injects faults per request (status, latency, dropped
+//! connections, slow streams; see [`faults`]), and records every request it receives in a
+//! [`MockState`] that tests can inspect (`GET /_mock/requests` shows it to humans).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! let (addr, state) = mock_upstream::spawn(listener);
+//! // ... point a client at http://{addr}/v1 ...
+//! let seen = state.requests();
+//! # }
+//! ```
+
+mod body;
+pub mod faults;
+pub mod openai;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+pub use body::MockBody;
+use faults::Faults;
+
+/// How many requests a [`MockState`] keeps by default (the oldest are forgotten first).
+pub const DEFAULT_MAX_RECORDED: usize = 10_000;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The URL path, without the query.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// Headers in arrival order, names lowercased; repeated headers appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    /// The body, as text (invalid UTF-8 replaced).
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// The first value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// A cheap, cloneable handle on the mock's state: the requests it recorded and its id counter.
+///
+/// Requests to `/health` and `/_mock/*` are not recorded. At most `max_recorded` requests are
+/// kept (oldest dropped first) so long benchmarks do not grow memory without bound; `0` turns
+/// recording off.
+#[derive(Clone)]
+pub struct MockState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: Mutex<VecDeque<RecordedRequest>>,
+    max_recorded: usize,
+    next_id: AtomicU64,
+}
+
+impl Default for MockState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MockState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockState")
+            .field("recorded", &self.lock().len())
+            .field("max_recorded", &self.inner.max_recorded)
+            .finish()
+    }
+}
+
+impl MockState {
+    /// A state keeping up to [`DEFAULT_MAX_RECORDED`] requests.
+    pub fn new() -> Self {
+        Self::with_max_recorded(DEFAULT_MAX_RECORDED)
+    }
+
+    /// A state keeping up to `max_recorded` requests (`0`: record nothing).
+    pub fn with_max_recorded(max_recorded: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                requests: Mutex::new(VecDeque::new()),
+                max_recorded,
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The recorded requests, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// The most recent recorded request.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.lock().back().cloned()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<RecordedRequest>> {
+        // A poisoned lock only means a panic elsewhere; the list itself is still usable.
+        self.inner
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn records(&self) -> bool {
+        self.inner.max_recorded > 0
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        let mut requests = self.lock();
+        while requests.len() >= self.inner.max_recorded {
+            requests.pop_front();
+        }
+        requests.push_back(request);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves the mock on `listener` until the task is dropped (it never returns on its own).
+/// HTTP/1.1 with keep-alive; `TCP_NODELAY` on every connection.
+pub async fn serve(listener: tokio::net::TcpListener, state: MockState) -> anyhow::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically out of file descriptors, or a connection reset before accept:
+                // back off briefly and keep serving.
+                eprintln!("mock-upstream: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, state.clone()));
+            // Errors here are client disconnects or injected drops; nothing to report.
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Starts the mock on `listener` as a task of the current tokio runtime, with a fresh
+/// [`MockState`]; returns the bound address and the state.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, or if the listener cannot be used; see [`try_spawn`].
+pub fn spawn(listener: std::net::TcpListener) -> (SocketAddr, MockState) {
+    match try_spawn(listener) {
+        Ok(started) => started,
+        Err(e) => panic!("mock-upstream: cannot start: {e}"),
+    }
+}
+
+/// Like [`spawn`], but returns an error instead of panicking.
+pub fn try_spawn(listener: std::net::TcpListener) -> std::io::Result<(SocketAddr, MockState)> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("not inside a tokio runtime: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let state = MockState::new();
+    runtime.spawn(serve(listener, state.clone()));
+    Ok((addr, state))
+}
+
+/// The service error that makes hyper close the connection without answering.
+#[derive(Debug)]
+struct Dropped;
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("mock-upstream: injected connection drop")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+type Reply = Result<Response<MockBody>, Dropped>;
+
+async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => {
+            return Ok(response(
+                StatusCode::OK,
+                "text/plain",
+                Bytes::from_static(b"ok"),
+            ));
+        }
+        (&Method::GET, "/_mock/requests") => {
+            let body = serde_json::to_vec_pretty(&state.requests()).unwrap_or_default();
+            return Ok(response(StatusCode::OK, JSON, body));
+        }
+        (&Method::DELETE, "/_mock/requests") => {
+            state.clear();
+            let mut res = Response::new(MockBody::empty());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            return Ok(res);
+        }
+        _ => {}
+    }
+
+    let (parts, incoming) = req.into_parts();
+    let body = match incoming.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(Dropped),
+    };
+    if state.records() {
+        state.record(RecordedRequest {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+
+    let header_faults = match Faults::from_headers(&parts.headers) {
+        Ok(f) => f,
+        Err(message) => return Ok(bad_request(&message, "invalid_mock_directive")),
+    };
+
+    match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/v1/models") => {
+            if let Some(early) = apply_faults(&header_faults, false).await? {
+                return Ok(early);
+            }
+            Ok(response(
+                StatusCode::OK,
+                JSON,
+                Bytes::from_static(openai::MODELS.as_bytes()),
+            ))
+        }
+        (&Method::POST, "/v1/chat/completions") => chat(&body, header_faults, &state).await,
+        (method, path) => {
+            let message = format!("Invalid URL ({method} {path})");
+            Ok(openai_error(
+                StatusCode::NOT_FOUND,
+                &message,
+                "invalid_request_error",
+                "unknown_url",
+            ))
+        }
+    }
+}
+
+async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
+    let request: openai::ChatRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(early) = apply_faults(&header_faults, false).await? {
+                return Ok(early);
+            }
+            let code = if e.is_data() {
+                "invalid_request"
+            } else {
+                "invalid_json"
+            };
+            let message = format!("We could not parse the JSON body of your request: {e}");
+            return Ok(bad_request(&message, code));
+        }
+    };
+    let stream = request.is_stream();
+    let user_text = request.last_user_text();
+    let (text_faults, echoed) = match faults::directives(&user_text) {
+        Ok(found) => found,
+        Err(message) => return Ok(bad_request(&message, "invalid_mock_directive")),
+    };
+    let faults = header_faults.or(text_faults);
+    if let Some(early) = apply_faults(&faults, stream).await? {
+        return Ok(early);
+    }
+
+    let full_reply = openai::reply(&request.model, &echoed);
+    let (content, truncated) = openai::truncate(&full_reply, request.max_words());
+    let id = format!("chatcmpl-mock-{}", state.next_id());
+    let answer = openai::Answer {
+        id: &id,
+        created: unix_now(),
+        model: &request.model,
+        content,
+        finish_reason: if truncated { "length" } else { "stop" },
+        usage: openai::Usage::new(
+            request.prompt_tokens(),
+            openai::tokens(content.chars().count()),
+        ),
+    };
+
+    if !stream {
+        return Ok(response(StatusCode::OK, JSON, openai::completion(&answer)));
+    }
+    let frames = openai::stream_frames(&answer, request.include_usage(), faults.drop_after);
+    let mut res = Response::new(MockBody::stream(
+        frames,
+        faults.chunk_delay,
+        faults.drop_after.is_some(),
+    ));
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+/// Waits the injected latency, then answers the injected status, or drops a non-stream.
+/// `Ok(None)`: go on and answer normally.
+async fn apply_faults(
+    faults: &Faults,
+    stream: bool,
+) -> Result<Option<Response<MockBody>>, Dropped> {
+    if let Some(latency) = faults.latency {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(status) = faults.status {
+        return Ok(Some(injected_error(status)));
+    }
+    if faults.drop_after.is_some() && !stream {
+        return Err(Dropped);
+    }
+    Ok(None)
+}
+
+fn injected_error(status: u16) -> Response<MockBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = match status.as_u16() {
+        429 => "rate_limit_error",
+        500.. => "server_error",
+        _ => "invalid_request_error",
+    };
+    let message = format!("mock-upstream injected {}", status.as_u16());
+    let mut res = openai_error(status, &message, kind, "mock_injected");
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+const JSON: &str = "application/json";
+
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<MockBody> {
+    let mut res = Response::new(MockBody::full(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response<MockBody> {
+    response(status, JSON, openai::error(message, kind, code))
+}
+
+fn bad_request(message: &str, code: &str) -> Response<MockBody> {
+    openai_error(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        code,
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

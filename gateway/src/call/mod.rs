@@ -1,0 +1,357 @@
+//! The life of a call, its steps in order in one place. Both ingress formats feed it (OpenAI
+//! now; Anthropic and MCP with their issues).
+//!
+//! 1. **Policy snapshot**: the whole call runs on the runtime (config, agents, chain) current
+//!    when it arrived, even if a reload swaps in another meanwhile.
+//! 2. **Identity**: the agent's key, before reading the body, so unknown callers cost nothing.
+//! 3. **Body**: bounded read, then JSON checked enough for plugins to rely on its shape.
+//! 4. **Plugin chain, request side**: may deny, hold, rewrite or route.
+//! 5. **Upstream**: the (possibly rewritten) request, with the provider's key.
+//! 6. **Plugin chain, response side**: `on-response` for full answers, `on-text` per delta.
+//! 7. **Complete**: usage reaches `on-complete`; unsettled reservations are released.
+//! 8. **Audit**: one event, whatever happened.
+
+pub mod request;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::audit::{self, AuditEvent};
+use crate::error::CallError;
+use crate::plugins::bindings::{Call, Completion, Usage};
+use crate::plugins::{CallSession, Policy, Runtime};
+use crate::providers::Upstream;
+use crate::wire::GatewayBody;
+use crate::wire::errors::{json_response, openai_error};
+
+/// The gateway's shared state: the swappable policy and the upstream client.
+pub struct Gateway {
+    pub policy: Arc<Policy>,
+    upstream: ArcSwap<Upstream>,
+}
+
+/// Random id with a prefix, e.g. `req_1f0c...`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{:032x}", rand::random::<u128>())
+}
+
+impl Gateway {
+    pub fn new(policy: Arc<Policy>) -> Gateway {
+        let settings = policy.current().settings.upstream.clone();
+        Gateway {
+            policy,
+            upstream: ArcSwap::from_pointee(Upstream::new(settings)),
+        }
+    }
+
+    /// The upstream client for the runtime's settings, rebuilt only when they changed.
+    fn upstream(&self, rt: &Runtime) -> Arc<Upstream> {
+        let current = self.upstream.load_full();
+        if current.settings == rt.settings.upstream {
+            return current;
+        }
+        let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
+        self.upstream.store(fresh.clone());
+        fresh
+    }
+}
+
+/// What the audit needs to know about a call, filled in as it goes.
+pub struct Draft {
+    pub started: Instant,
+    pub event: AuditEvent,
+}
+
+impl Draft {
+    fn new(request_id: &str, rt: &Runtime, kind: &'static str) -> Draft {
+        Draft {
+            started: Instant::now(),
+            event: AuditEvent {
+                time: SystemTime::now(),
+                request_id: request_id.to_string(),
+                run_id: String::new(),
+                chain: Vec::new(),
+                agent: None,
+                owner: None,
+                kind,
+                target: String::new(),
+                provider: None,
+                policy_version: rt.chain.version.clone(),
+                decided_by: None,
+                verdicts: Vec::new(),
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_micro_usd: 0,
+                latency_us: 0,
+                status: 200,
+                error_code: None,
+                truncated: false,
+            },
+        }
+    }
+
+    /// Finish and record the event.
+    pub fn record(
+        mut self,
+        session: Option<&mut CallSession>,
+        status: u16,
+        error: Option<&CallError>,
+    ) {
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.event.status = status;
+        if let Some(s) = session {
+            self.event.verdicts = std::mem::take(&mut s.notes);
+        }
+        if let Some(e) = error {
+            self.event.error_code = Some(e.code().to_string());
+            self.event.decided_by = e.plugin().map(str::to_string);
+        }
+        audit::record(&self.event);
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    gw: &Gateway,
+    request_id: Arc<str>,
+    parts: Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    // Step 1: one policy snapshot for the whole call.
+    let rt = gw.policy.current();
+    let mut draft = Draft::new(&request_id, &rt, "llm-call");
+    let mut session: Option<CallSession> = None;
+    let mut call: Option<Call> = None;
+    let result = chat_inner(
+        gw,
+        &rt,
+        &request_id,
+        parts,
+        body,
+        &mut draft,
+        &mut session,
+        &mut call,
+    )
+    .await;
+    match result {
+        Ok(Reply::Done(resp, usage)) => {
+            if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
+                let done = Completion {
+                    status: 200,
+                    error_code: None,
+                    truncated: false,
+                };
+                s.on_complete(c, &usage, &done).await;
+            }
+            draft.event.output_tokens = usage.output_tokens;
+            draft.event.input_tokens = usage.input_tokens;
+            draft.record(session.as_mut(), 200, None);
+            if let Some(s) = session {
+                s.finish();
+            }
+            resp
+        }
+        // The streaming task owns the session and the draft from here.
+        Ok(Reply::Streaming(resp)) => resp,
+        Err(e) => {
+            if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
+                let usage = Usage {
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cached_tokens: 0,
+                    cost: 0,
+                    served_by: String::new(),
+                };
+                let done = Completion {
+                    status: e.status(),
+                    error_code: Some(e.code().to_string()),
+                    truncated: false,
+                };
+                s.on_complete(c, &usage, &done).await;
+            }
+            log_error(&request_id, &e);
+            draft.record(session.as_mut(), e.status(), Some(&e));
+            if let Some(s) = session {
+                s.finish();
+            }
+            openai_error(&e, &request_id)
+        }
+    }
+}
+
+fn log_error(request_id: &str, e: &CallError) {
+    use crate::error::Source;
+    match e.source_kind() {
+        Source::Downstream => tracing::debug!(request_id, code = e.code(), "{e}"),
+        Source::Plugin => tracing::info!(request_id, code = e.code(), "{e}"),
+        Source::Upstream | Source::Internal => tracing::warn!(request_id, code = e.code(), "{e}"),
+    }
+}
+
+enum Reply {
+    Done(Response<GatewayBody>, Usage),
+    Streaming(Response<GatewayBody>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn chat_inner(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    request_id: &Arc<str>,
+    parts: Parts,
+    body: Incoming,
+    draft: &mut Draft,
+    session_slot: &mut Option<CallSession>,
+    call_slot: &mut Option<Call>,
+) -> Result<Reply, CallError> {
+    // Step 2: identity, before the body is read.
+    let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
+        "missing API key: send `Authorization: Bearer <agent key>`",
+    ))?;
+    let agent = rt
+        .registry
+        .authenticate(key)
+        .ok_or(CallError::Unauthorized("unknown or revoked agent key"))?;
+    let run_id = new_id("run");
+    draft.event.agent = Some(agent.id.clone());
+    draft.event.owner = Some(agent.owner.clone());
+    draft.event.run_id = run_id.clone();
+    draft.event.chain = vec![agent.id.clone()];
+
+    // Step 3: the body.
+    let bytes = request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await?;
+    let chat = request::parse_chat(&bytes)?;
+    draft.event.target = chat.model.clone();
+    draft.event.input_tokens = chat.input_tokens;
+    let body_text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| CallError::bad_request("invalid_json", "request body is not UTF-8"))?;
+    let call = call_slot.insert(request::llm_call(
+        request_id, &run_id, &agent, &chat, body_text,
+    ));
+
+    // Step 4: the plugin chain, request side.
+    let session = session_slot.insert(rt.chain.session(request_id.clone()));
+    let decision = session.on_request(call).await?;
+    if let Some(route) = &decision.route {
+        tracing::debug!(
+            request_id = &**request_id,
+            ?route,
+            "route chosen (one upstream for now)"
+        );
+    }
+    let mut json = if decision.rewritten {
+        match request::parse_chat(call.body.as_bytes()) {
+            Ok(c) => c.json,
+            Err(e) => {
+                return Err(CallError::Internal(format!(
+                    "a plugin rewrote the body into an invalid request: {e}"
+                )));
+            }
+        }
+    } else {
+        chat.json
+    };
+    // Streams always ask for usage, so spend can be settled; it is stripped again below
+    // where the agent did not ask for it.
+    if chat.stream {
+        json.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
+    let upstream_body = Bytes::from(serde_json::Value::Object(json).to_string());
+
+    // Step 5: upstream.
+    let upstream = gw.upstream(rt);
+    draft.event.provider = Some(upstream.name().to_string());
+    let resp = upstream.chat(upstream_body).await?;
+
+    if chat.stream {
+        let session = session_slot
+            .take()
+            .ok_or_else(|| CallError::Internal("no session".into()))?;
+        let call = call_slot
+            .take()
+            .ok_or_else(|| CallError::Internal("no call".into()))?;
+        let draft = std::mem::replace(draft, Draft::new(request_id, rt, "llm-call"));
+        let relay = stream::Relay {
+            session,
+            call,
+            draft,
+            wants_usage: chat.wants_usage,
+            request_id: request_id.clone(),
+        };
+        let body = stream::start(relay, resp.into_body());
+        let mut r = Response::new(body);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        add_provider(&mut r, upstream.name());
+        return Ok(Reply::Streaming(r));
+    }
+
+    // Step 6: response side for a full answer.
+    let answer = upstream.read(resp).await?;
+    let answer =
+        String::from_utf8(answer.to_vec()).map_err(|_| CallError::UpstreamUnavailable {
+            provider: upstream.name().to_string(),
+            message: "answer is not UTF-8".into(),
+        })?;
+    let usage = usage_of(&answer, upstream.name());
+    let answer = session.on_response(call, answer).await?;
+    let mut r = json_response(StatusCode::OK, answer);
+    add_provider(&mut r, upstream.name());
+    Ok(Reply::Done(r, usage))
+}
+
+fn add_provider(r: &mut Response<GatewayBody>, provider: &str) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        r.headers_mut().insert("palisade-provider", v);
+    }
+}
+
+/// Usage from an OpenAI response or usage chunk.
+pub fn usage_of(json: &str, provider: &str) -> Usage {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    usage_from_value(&v, provider)
+}
+
+pub fn usage_from_value(v: &serde_json::Value, provider: &str) -> Usage {
+    let n = |p: &str| {
+        v.pointer(p)
+            .and_then(|x| x.as_u64())
+            .map(|x| x.min(u64::from(u32::MAX)) as u32)
+            .unwrap_or(0)
+    };
+    let model = v.get("model").and_then(|m| m.as_str()).unwrap_or_default();
+    Usage {
+        input_tokens: n("/usage/prompt_tokens"),
+        output_tokens: n("/usage/completion_tokens"),
+        cached_tokens: n("/usage/prompt_tokens_details/cached_tokens"),
+        cost: 0,
+        served_by: format!("{provider}/{model}"),
+    }
+}
+
+/// `GET /v1/models`: the upstream's list, for authenticated agents.
+pub async fn models(gw: &Gateway, parts: Parts) -> Result<Response<GatewayBody>, CallError> {
+    let rt = gw.policy.current();
+    let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
+        "missing API key: send `Authorization: Bearer <agent key>`",
+    ))?;
+    rt.registry
+        .authenticate(key)
+        .ok_or(CallError::Unauthorized("unknown or revoked agent key"))?;
+    let body = gw.upstream(&rt).models().await?;
+    Ok(json_response(StatusCode::OK, body))
+}

@@ -1,0 +1,230 @@
+//! Reading an agent's request: its key, its bounded body, its JSON, and the `call` record the
+//! plugins see.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::error::CallError;
+use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind};
+use crate::registry::Agent;
+
+/// Output tokens assumed when the agent sets no `max_tokens`.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
+/// The agent key from `Authorization: Bearer` or `x-api-key`.
+pub fn agent_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Read the body, refusing more than `limit` bytes (by header before reading, by count while
+/// reading).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, CallError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(CallError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(CallError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(CallError::bad_request(
+            "body_read_failed",
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+/// A chat request, checked enough that plugins and the upstream can rely on its shape.
+pub struct ChatRequest {
+    pub json: serde_json::Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    /// The agent asked for a usage chunk at the end of the stream.
+    pub wants_usage: bool,
+    pub input_tokens: u32,
+    pub max_output_tokens: u32,
+}
+
+/// Rough token estimate: a token is about four characters of English text.
+fn estimate_tokens(chars: usize) -> u32 {
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+fn text_len(content: &Value) -> usize {
+    match content {
+        Value::String(s) => s.len(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(str::len)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Parse and check an OpenAI chat completions body.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, CallError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        CallError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(json) = value else {
+        return Err(CallError::bad_request(
+            "invalid_request",
+            "request body must be a JSON object",
+        ));
+    };
+    let model = match json.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(CallError::bad_request(
+                "invalid_request",
+                "`model` is required and must be a string",
+            ));
+        }
+    };
+    let Some(Value::Array(messages)) = json.get("messages") else {
+        return Err(CallError::bad_request(
+            "invalid_request",
+            "`messages` is required and must be an array",
+        ));
+    };
+    if messages.is_empty() {
+        return Err(CallError::bad_request(
+            "invalid_request",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut chars = 0;
+    for (i, m) in messages.iter().enumerate() {
+        if !m.get("role").is_some_and(Value::is_string) {
+            return Err(CallError::bad_request(
+                "invalid_request",
+                format!("messages[{i}] needs a string `role`"),
+            ));
+        }
+        chars += m.get("content").map(text_len).unwrap_or(0);
+    }
+    let stream = match json.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(CallError::bad_request(
+                "invalid_request",
+                "`stream` must be a boolean",
+            ));
+        }
+    };
+    let wants_usage = json
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(Value::as_u64))
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+    Ok(ChatRequest {
+        model,
+        stream,
+        wants_usage,
+        input_tokens: estimate_tokens(chars),
+        max_output_tokens,
+        json,
+    })
+}
+
+/// The plugins' view of an LLM call.
+pub fn llm_call(
+    request_id: &str,
+    run_id: &str,
+    agent: &Agent,
+    chat: &ChatRequest,
+    body: String,
+) -> Call {
+    Call {
+        request_id: request_id.to_string(),
+        run_id: run_id.to_string(),
+        chain: vec![agent.id.clone()],
+        agent: WitAgent {
+            id: agent.id.clone(),
+            name: agent.name.clone(),
+            owner: agent.owner.clone(),
+            team: agent.team.clone(),
+            labels: agent.labels.clone(),
+        },
+        kind: CallKind::LlmCall,
+        target: chat.model.clone(),
+        body,
+        stream: chat.stream,
+        input_tokens: chat.input_tokens,
+        max_output_tokens: chat.max_output_tokens,
+        max_cost: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_estimates() {
+        let c = parse_chat(br#"{"model":"m","messages":[{"role":"user","content":"12345678"}],"max_tokens":7,"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(
+            (c.model.as_str(), c.stream, c.wants_usage),
+            ("m", true, true)
+        );
+        assert_eq!((c.input_tokens, c.max_output_tokens), (2, 7));
+    }
+
+    #[test]
+    fn bad_bodies_get_codes() {
+        let code = |b: &[u8]| parse_chat(b).err().map(|e| e.code().to_string());
+        assert_eq!(code(b"{nope").as_deref(), Some("invalid_json"));
+        assert_eq!(code(b"[]").as_deref(), Some("invalid_request"));
+        assert_eq!(
+            code(br#"{"messages":[]}"#).as_deref(),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(br#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(),
+            Some("invalid_request")
+        );
+    }
+
+    #[test]
+    fn keys_from_either_header() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer  abc ".parse().unwrap());
+        assert_eq!(agent_key(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "k".parse().unwrap());
+        assert_eq!(agent_key(&h), Some("k"));
+    }
+}

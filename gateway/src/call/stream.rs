@@ -1,0 +1,223 @@
+//! Relaying a streamed answer: upstream SSE chunks in, plugin-rewritten chunks out.
+//!
+//! Each text delta passes `on-text` (on the call's own plugin instances, so a plugin can carry
+//! text across deltas); before the finishing chunk the plugins flush what they carried. The
+//! usage chunk the gateway asked for is read for `on-complete` and passed on only if the agent
+//! asked for it. If the upstream cuts the stream, or a plugin fails closed mid-way, the agent gets
+//! an error event and never a `[DONE]`, so a truncated answer cannot pass as complete.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::Draft;
+use crate::error::CallError;
+use crate::plugins::CallSession;
+use crate::plugins::bindings::{Call, Completion, Usage};
+use crate::providers::sse::SseReader;
+use crate::wire::GatewayBody;
+use crate::wire::errors::openai_error_json;
+
+pub struct Relay {
+    pub session: CallSession,
+    pub call: Call,
+    pub draft: Draft,
+    pub wants_usage: bool,
+    pub request_id: Arc<str>,
+}
+
+/// Start relaying in a task; returns the body to send to the agent.
+pub fn start(relay: Relay, upstream: Incoming) -> GatewayBody {
+    let (tx, body) = GatewayBody::channel(32);
+    tokio::spawn(run(relay, upstream, tx));
+    body
+}
+
+fn event(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+enum End {
+    /// `[DONE]` arrived.
+    Done,
+    /// The agent went away.
+    ClientGone,
+    /// Upstream or a plugin failed.
+    Failed(CallError),
+}
+
+async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
+    let provider = r.draft.event.provider.clone().unwrap_or_default();
+    let mut usage = Usage {
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_tokens: 0,
+        cost: 0,
+        served_by: String::new(),
+    };
+    let mut text_call = r.call.clone();
+    // `on-text` gets the call without its body: the instance saw the body in `on-request`.
+    text_call.body.clear();
+    let wants_text = r.session.wants_text();
+    let mut flushed = false;
+    let mut sse = SseReader::default();
+    let mut out_chars = 0usize;
+
+    let end = 'relay: loop {
+        let frame = match upstream.frame().await {
+            None => break 'relay End::Failed(cut(&provider, "stream ended without [DONE]")),
+            Some(Err(e)) => {
+                break 'relay End::Failed(cut(&provider, &format!("stream broke: {e}")));
+            }
+            Some(Ok(f)) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let events = match sse.push(&data) {
+            Ok(ev) => ev,
+            Err(e) => break 'relay End::Failed(cut(&provider, &e.to_string())),
+        };
+        for data in events {
+            if data.trim() == "[DONE]" {
+                if wants_text && !flushed {
+                    if let Err(e) = flush(&mut r, &text_call, &tx, None).await {
+                        break 'relay e;
+                    }
+                }
+                if tx.send(event("[DONE]")).await.is_err() {
+                    break 'relay End::ClientGone;
+                }
+                break 'relay End::Done;
+            }
+            let mut chunk: Value = match serde_json::from_str(&data) {
+                Ok(v) => v,
+                Err(_) => break 'relay End::Failed(cut(&provider, "a chunk is not JSON")),
+            };
+            if let Some(err) = chunk.get("error") {
+                let msg = err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error event")
+                    .to_string();
+                break 'relay End::Failed(CallError::UpstreamStatus {
+                    provider: provider.clone(),
+                    status: 502,
+                    message: msg,
+                });
+            }
+            if chunk.get("usage").is_some_and(|u| !u.is_null()) {
+                usage = super::usage_from_value(&chunk, &provider);
+                let only_usage = chunk
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_none_or(|c| c.is_empty());
+                if only_usage && !r.wants_usage {
+                    continue;
+                }
+                if !r.wants_usage {
+                    if let Some(o) = chunk.as_object_mut() {
+                        o.remove("usage");
+                    }
+                }
+            }
+            let finishing = chunk
+                .pointer("/choices/0/finish_reason")
+                .is_some_and(|f| !f.is_null());
+            if wants_text {
+                if let Some(Value::String(delta)) = chunk.pointer_mut("/choices/0/delta/content") {
+                    let text = std::mem::take(delta);
+                    match r.session.on_text(&text_call, text, false).await {
+                        Ok(t) => *delta = t,
+                        Err(e) => break 'relay End::Failed(e),
+                    }
+                }
+                if finishing && !flushed {
+                    flushed = true;
+                    if let Err(e) = flush(&mut r, &text_call, &tx, Some(&chunk)).await {
+                        break 'relay e;
+                    }
+                }
+            }
+            if let Some(t) = chunk
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+            {
+                out_chars += t.len();
+            }
+            if tx.send(event(&chunk.to_string())).await.is_err() {
+                break 'relay End::ClientGone;
+            }
+        }
+    };
+
+    let (status, error, truncated) = match &end {
+        End::Done => (200, None, false),
+        End::ClientGone => (499, None, true),
+        End::Failed(e) => {
+            let _ = tx
+                .send(event(&openai_error_json(e, &r.request_id).to_string()))
+                .await;
+            (e.status(), Some(e), true)
+        }
+    };
+    if truncated && usage.output_tokens == 0 {
+        // Settle a cut stream from what was sent.
+        usage.output_tokens = u32::try_from(out_chars.div_ceil(4)).unwrap_or(u32::MAX);
+        usage.input_tokens = r.call.input_tokens;
+    }
+    drop(tx);
+    let completion = Completion {
+        status,
+        error_code: error.map(|e| e.code().to_string()),
+        truncated,
+    };
+    r.session.on_complete(&r.call, &usage, &completion).await;
+    r.draft.event.truncated = truncated;
+    r.draft.event.input_tokens = usage.input_tokens;
+    r.draft.event.output_tokens = usage.output_tokens;
+    r.draft.record(Some(&mut r.session), status, error);
+    r.session.finish();
+}
+
+fn cut(provider: &str, message: &str) -> CallError {
+    CallError::UpstreamUnavailable {
+        provider: provider.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Ask the text plugins for what they carried and send it as one more content chunk, shaped
+/// like `like` (or a minimal chunk).
+async fn flush(
+    r: &mut Relay,
+    text_call: &Call,
+    tx: &mpsc::Sender<Bytes>,
+    like: Option<&Value>,
+) -> Result<(), End> {
+    let rest = r
+        .session
+        .on_text(text_call, String::new(), true)
+        .await
+        .map_err(End::Failed)?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let mut chunk = serde_json::json!({
+        "id": like.and_then(|c| c.get("id")).cloned().unwrap_or(Value::Null),
+        "object": "chat.completion.chunk",
+        "created": like.and_then(|c| c.get("created")).cloned().unwrap_or(Value::Null),
+        "model": like.and_then(|c| c.get("model")).cloned().unwrap_or(Value::Null),
+        "choices": [{"index": 0, "delta": {"content": rest}, "finish_reason": null}],
+    });
+    if let Some(o) = chunk.as_object_mut() {
+        o.retain(|_, v| !v.is_null());
+    }
+    tx.send(event(&chunk.to_string()))
+        .await
+        .map_err(|_| End::ClientGone)
+}

@@ -1,0 +1,384 @@
+//! `palisade.toml`: read in two stages. [`RawConfig`] is exactly the file (serde, unknown keys
+//! refused so a typo is an error, not a silently ignored setting); [`Settings`] is the resolved
+//! form the gateway runs on (paths made absolute, defaults filled, keys hashed).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub plugin_host: RawPluginHost,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<SocketAddr>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// A name for logs, errors and the `palisade-provider` header.
+    pub name: Option<String>,
+    /// Base URL of an OpenAI-compatible server, e.g. `http://127.0.0.1:8081`.
+    pub base_url: String,
+    /// Name of the environment variable holding the provider key.
+    pub api_key_env: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginHost {
+    pub deadline_ms: Option<u64>,
+    pub memory_mb: Option<usize>,
+    pub max_instances: Option<u32>,
+    pub cache_dir: Option<PathBuf>,
+    pub watch: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Name of the environment variable holding the admin API token.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The agent's key in clear (demo and tests only).
+    pub key: Option<String>,
+    /// The hex SHA-256 of the agent's key (what to commit to a repository).
+    pub key_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: String,
+    pub path: PathBuf,
+    pub on_error: Option<OnError>,
+    pub instances: Option<Instances>,
+    pub max_calls: Option<u32>,
+    pub deadline_ms: Option<u64>,
+    pub memory_mb: Option<usize>,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// What a plugin failure does to the call.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail closed: the call is refused (default).
+    #[default]
+    Deny,
+    /// Fail open: the plugin is skipped for this call, and the audit says so.
+    Allow,
+}
+
+/// How a plugin's instances live.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    /// A fresh instance per call (default): nothing leaks between calls.
+    #[default]
+    Fresh,
+    /// Reused one call at a time; recycled after a trap, `max_calls`, or past its memory cap.
+    Pooled,
+}
+
+/// The resolved config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub upstream: UpstreamSettings,
+    pub host: PluginHostSettings,
+    pub admin_token: Option<String>,
+    pub agents: Vec<AgentSettings>,
+    pub plugins: Vec<PluginSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginHostSettings {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+    pub max_instances: u32,
+    pub cache_dir: PathBuf,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub team: String,
+    pub labels: Vec<(String, String)>,
+    pub key_sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub name: String,
+    pub path: PathBuf,
+    pub on_error: OnError,
+    pub instances: Instances,
+    pub max_calls: u32,
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+    /// The plugin's config table as JSON, handed to `init`.
+    pub config_json: String,
+}
+
+/// SHA-256 of an API key, as stored and compared.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl Settings {
+    /// Read and resolve a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::from_toml(path, &text)
+    }
+
+    /// Resolve config text that was read from `path` (relative paths are taken from its folder).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+
+        let host = PluginHostSettings {
+            deadline: Duration::from_millis(raw.plugin_host.deadline_ms.unwrap_or(20)),
+            memory_bytes: raw.plugin_host.memory_mb.unwrap_or(32) << 20,
+            max_instances: raw.plugin_host.max_instances.unwrap_or(1000),
+            cache_dir: resolve(
+                raw.plugin_host
+                    .cache_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(".palisade/cache")),
+            ),
+            watch: raw.plugin_host.watch.unwrap_or(true),
+        };
+        if host.max_instances == 0 {
+            return Err(invalid(
+                "plugin_host.max_instances must be at least 1".into(),
+            ));
+        }
+
+        let env = |var: &Option<String>, what: &str| -> Result<Option<String>, ConfigError> {
+            match var {
+                None => Ok(None),
+                Some(v) => std::env::var(v)
+                    .map(Some)
+                    .map_err(|_| invalid(format!("{what} names env var {v}, which is not set"))),
+            }
+        };
+
+        let base_url = raw.upstream.base_url.trim_end_matches('/').to_string();
+        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+            return Err(invalid(format!(
+                "upstream.base_url '{base_url}' must start with http://"
+            )));
+        }
+        let upstream = UpstreamSettings {
+            name: raw.upstream.name.clone().unwrap_or_else(|| "openai".into()),
+            base_url,
+            api_key: env(&raw.upstream.api_key_env, "upstream.api_key_env")?,
+            connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms.unwrap_or(2000)),
+            timeout: Duration::from_millis(raw.upstream.timeout_ms.unwrap_or(120_000)),
+        };
+
+        let mut agents = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in raw.agents {
+            if !seen.insert(a.id.clone()) {
+                return Err(invalid(format!("agent '{}' is declared twice", a.id)));
+            }
+            let key_sha256 = match (&a.key, &a.key_sha256) {
+                (Some(k), None) => hash_key(k),
+                (None, Some(h)) => {
+                    let bytes = hex::decode(h.trim())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            invalid(format!("agent '{}': key_sha256 is not 64 hex digits", a.id))
+                        })?;
+                    bytes
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "agent '{}' needs exactly one of `key` or `key_sha256`",
+                        a.id
+                    )));
+                }
+            };
+            agents.push(AgentSettings {
+                name: a.name.unwrap_or_else(|| a.id.clone()),
+                id: a.id,
+                owner: a.owner,
+                team: a.team,
+                labels: a.labels.into_iter().collect(),
+                key_sha256,
+            });
+        }
+
+        let mut plugins = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for p in raw.plugins {
+            if !names.insert(p.name.clone()) {
+                return Err(invalid(format!("plugin '{}' is listed twice", p.name)));
+            }
+            let config_json = serde_json::to_string(&p.config)
+                .map_err(|e| invalid(format!("plugin '{}' config: {e}", p.name)))?;
+            plugins.push(PluginSettings {
+                path: resolve(&p.path),
+                on_error: p.on_error.unwrap_or_default(),
+                instances: p.instances.unwrap_or_default(),
+                max_calls: p.max_calls.unwrap_or(1000).max(1),
+                deadline: p
+                    .deadline_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(host.deadline),
+                memory_bytes: p.memory_mb.map(|m| m << 20).unwrap_or(host.memory_bytes),
+                config_json,
+                name: p.name,
+            });
+        }
+        if let Some(p) = plugins.iter().find(|p| p.memory_bytes > host.memory_bytes) {
+            return Err(invalid(format!(
+                "plugin '{}' memory_mb is above plugin_host.memory_mb",
+                p.name
+            )));
+        }
+
+        Ok(Settings {
+            path: path.to_path_buf(),
+            listen: raw
+                .server
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
+            upstream,
+            host,
+            admin_token: env(&raw.admin.token_env, "admin.token_env")?,
+            agents,
+            plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Settings::from_toml(
+            Path::new("/x/palisade.toml"),
+            "[upstream]\nbase_url='http://a'\nbase_ulr='x'",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("base_ulr"), "{e}");
+    }
+
+    #[test]
+    fn paths_resolve_from_the_config_folder() {
+        let s = Settings::from_toml(
+            Path::new("/etc/palisade/palisade.toml"),
+            "[upstream]\nbase_url='http://a/'\n[[plugins]]\nname='m'\npath='p/m.wasm'\n[plugins.config]\nx=1",
+        )
+        .unwrap();
+        assert_eq!(s.plugins[0].path, Path::new("/etc/palisade/p/m.wasm"));
+        assert_eq!(s.plugins[0].config_json, r#"{"x":1}"#);
+        assert_eq!(s.upstream.base_url, "http://a");
+        assert_eq!(s.host.deadline, Duration::from_millis(20));
+        assert_eq!(s.host.memory_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn agent_needs_one_key() {
+        let e = Settings::from_toml(
+            Path::new("p.toml"),
+            "[upstream]\nbase_url='http://a'\n[[agents]]\nid='a'",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+    }
+}

@@ -1,0 +1,21 @@
+//! Palisade: a policy gateway for AI agents.
+//!
+//! Agents send every LLM call through Palisade; each call passes a chain of sandboxed
+//! WebAssembly policy plugins (`wit/policy.wit`) before and after it reaches the provider. Data
+//! flows one way: `server` (ingress) → `call` (identity, plugin chain, upstream, audit) →
+//! `providers`; no module reaches back up.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ledger;
+pub mod plugins;
+pub mod providers;
+pub mod registry;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,71 @@
+//! The `palisade` binary: parse the command line, set up logging, run the subcommand.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use palisade::call::Gateway;
+use palisade::cli::{Cli, Command};
+use palisade::plugins::{HostServices, Overrides, Policy};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            upstream_url,
+        } => serve(config, listen, Overrides { upstream_url }).await,
+        Command::Demo {
+            config,
+            listen,
+            keep,
+        } => palisade::demo::run(&config, listen, keep)
+            .await
+            .map_err(anyhow::Error::from),
+    }
+}
+
+async fn serve(
+    config: std::path::PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    let policy = Policy::start(&config, Arc::new(HostServices::default()), overrides)
+        .await
+        .with_context(|| format!("cannot start with {}", config.display()))?;
+    let rt = policy.current();
+    let _watcher = if rt.settings.host.watch {
+        Some(
+            policy
+                .watch()
+                .context("cannot watch the config and plugin files")?,
+        )
+    } else {
+        None
+    };
+    let addr = listen.unwrap_or(rt.settings.listen);
+    let (listener, local) = palisade::server::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        policy_version = %rt.chain.version,
+        plugins = rt.chain.plugins.len(),
+        agents = rt.registry.len(),
+        "palisade listening on http://{local}"
+    );
+    drop(rt);
+    let gw = Arc::new(Gateway::new(policy));
+    tokio::select! {
+        _ = palisade::server::serve(listener, gw) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

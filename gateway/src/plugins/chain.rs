@@ -1,0 +1,338 @@
+//! The chain: plugins in the order `palisade.toml` lists them, and a [`CallSession`] that runs
+//! one call through it. A session makes each plugin's instance when its first hook is due, keeps
+//! it for every later hook of the call (so a plugin may carry state across stream deltas), and
+//! lets it go as soon as the plugin has no hook left to run.
+//!
+//! Verdicts: `allow` and `rewrite` go on (a rewrite replaces the body the next plugins and the
+//! upstream see), the last `route` wins, the first `deny` or `hold` stops the chain. A plugin
+//! that traps, runs out of time or memory fails the call closed, or is skipped for the rest of
+//! the call when configured `on_error = "allow"`; either way the notes say so for the audit.
+
+use std::sync::Arc;
+
+use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
+use super::instance::Instance;
+use super::loaded::LoadedPlugin;
+use crate::config::OnError;
+use crate::error::{CallError, PluginFault};
+
+/// A loaded chain; immutable, swapped whole on reload.
+pub struct Chain {
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Hash of the plugins' names, bytes, configs and settings: the "policy version" in the
+    /// audit and `/admin/status`.
+    pub version: String,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<LoadedPlugin>>) -> Chain {
+        let mut h = String::new();
+        for p in &plugins {
+            let s = &p.settings;
+            h.push_str(&format!(
+                "{}\n{}\n{}\n{:?}\n{:?}\n{}\n{:?}\n{}\n",
+                s.name,
+                p.sha256,
+                s.config_json,
+                s.on_error,
+                s.instances,
+                s.max_calls,
+                s.deadline,
+                s.memory_bytes
+            ));
+        }
+        let version = super::loaded::sha256_hex(h.as_bytes())[..16].to_string();
+        Chain { plugins, version }
+    }
+
+    /// Start running a call through this chain.
+    pub fn session(self: &Arc<Self>, request_id: Arc<str>) -> CallSession {
+        CallSession {
+            chain: self.clone(),
+            instances: self.plugins.iter().map(|_| None).collect(),
+            skipped: vec![false; self.plugins.len()],
+            request_id,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// What one plugin said in one hook, for the audit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginNote {
+    pub plugin: Arc<str>,
+    pub hook: &'static str,
+    /// `allow`, `deny`, `rewrite`, `hold`, `route`, or `error` (with the fault's code).
+    pub verdict: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the request side decided, when the call may go on.
+#[derive(Debug, Default)]
+pub struct RequestDecision {
+    /// Provider targets in order, if a plugin routed the call.
+    pub route: Option<Vec<String>>,
+    /// True if some plugin rewrote the body.
+    pub rewritten: bool,
+}
+
+pub struct CallSession {
+    chain: Arc<Chain>,
+    instances: Vec<Option<Instance>>,
+    skipped: Vec<bool>,
+    request_id: Arc<str>,
+    pub notes: Vec<PluginNote>,
+}
+
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny(_) => "deny",
+        Verdict::Rewrite(_) => "rewrite",
+        Verdict::Hold(_) => "hold",
+        Verdict::Route(_) => "route",
+    }
+}
+
+impl CallSession {
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
+    }
+
+    /// Indices of plugins that implement `hook` and have not been skipped.
+    fn due(&self, hook: Hooks) -> Vec<usize> {
+        (0..self.chain.plugins.len())
+            .filter(|&i| !self.skipped[i] && self.chain.plugins[i].hooks.contains(hook))
+            .collect()
+    }
+
+    async fn instance(&mut self, i: usize) -> Result<&mut Instance, PluginFault> {
+        if self.instances[i].is_none() {
+            let inst = self.chain.plugins[i].checkout(&self.request_id).await?;
+            self.instances[i] = Some(inst);
+        }
+        match self.instances[i].as_mut() {
+            Some(inst) => Ok(inst),
+            None => Err(PluginFault::Unavailable("instance vanished".into())),
+        }
+    }
+
+    /// A plugin failed: skip it (fail-open) or fail the call (fail-closed).
+    fn fault(&mut self, i: usize, hook: &'static str, fault: PluginFault) -> Result<(), CallError> {
+        let plugin = self.chain.plugins[i].clone();
+        self.instances[i] = None;
+        self.skipped[i] = true;
+        let open = plugin.settings.on_error == OnError::Allow;
+        tracing::warn!(
+            plugin = &*plugin.name,
+            request_id = &*self.request_id,
+            hook,
+            fail_open = open,
+            "plugin failed: {fault}"
+        );
+        self.notes.push(PluginNote {
+            plugin: plugin.name.clone(),
+            hook,
+            verdict: if open {
+                "error-skipped".into()
+            } else {
+                "error".into()
+            },
+            annotations: Vec::new(),
+            error: Some(format!("{}: {fault}", fault.code())),
+        });
+        if open {
+            Ok(())
+        } else {
+            Err(CallError::PluginFailed {
+                plugin: plugin.name.to_string(),
+                fault,
+            })
+        }
+    }
+
+    fn note(&mut self, i: usize, hook: &'static str, outcome: &mut Outcome) {
+        self.notes.push(PluginNote {
+            plugin: self.chain.plugins[i].name.clone(),
+            hook,
+            verdict: verdict_name(&outcome.verdict).into(),
+            annotations: std::mem::take(&mut outcome.annotations),
+            error: None,
+        });
+    }
+
+    /// Drop instances of plugins with no hook left after `done`.
+    fn release_after(&mut self, remaining: Hooks) {
+        for (i, p) in self.chain.plugins.iter().enumerate() {
+            if !p.hooks.intersects(remaining) {
+                if let Some(inst) = self.instances[i].take() {
+                    p.checkin(inst);
+                }
+            }
+        }
+    }
+
+    /// Run `on-request` through the chain. `call.body` is replaced by rewrites.
+    pub async fn on_request(&mut self, call: &mut Call) -> Result<RequestDecision, CallError> {
+        let mut decision = RequestDecision::default();
+        for i in self.due(Hooks::ON_REQUEST) {
+            let result = match self.instance(i).await {
+                Ok(inst) => inst.on_request(call).await,
+                Err(f) => Err(f),
+            };
+            let mut outcome = match result {
+                Ok(o) => o,
+                Err(f) => {
+                    self.fault(i, "on-request", f)?;
+                    continue;
+                }
+            };
+            self.note(i, "on-request", &mut outcome);
+            let plugin = self.chain.plugins[i].name.to_string();
+            match outcome.verdict {
+                Verdict::Allow => {}
+                Verdict::Rewrite(body) => {
+                    call.body = body;
+                    decision.rewritten = true;
+                }
+                Verdict::Route(targets) => decision.route = Some(targets),
+                Verdict::Deny(d) => {
+                    return Err(CallError::Denied {
+                        plugin,
+                        status: d.status,
+                        code: d.code,
+                        message: d.message,
+                    });
+                }
+                Verdict::Hold(h) => {
+                    return Err(CallError::ApprovalRequired {
+                        plugin,
+                        rule: h.rule,
+                        summary: h.summary,
+                    });
+                }
+            }
+        }
+        self.release_after(Hooks::ON_RESPONSE | Hooks::ON_TEXT | Hooks::ON_COMPLETE);
+        Ok(decision)
+    }
+
+    /// Run `on-response` over a full answer; returns the body the agent gets.
+    pub async fn on_response(
+        &mut self,
+        call: &Call,
+        mut body: String,
+    ) -> Result<String, CallError> {
+        for i in self.due(Hooks::ON_RESPONSE) {
+            let result = match self.instance(i).await {
+                Ok(inst) => inst.on_response(call, &body).await,
+                Err(f) => Err(f),
+            };
+            let mut outcome = match result {
+                Ok(o) => o,
+                Err(f) => {
+                    self.fault(i, "on-response", f)?;
+                    continue;
+                }
+            };
+            self.note(i, "on-response", &mut outcome);
+            let plugin = self.chain.plugins[i].name.to_string();
+            match outcome.verdict {
+                Verdict::Allow | Verdict::Route(_) => {}
+                Verdict::Rewrite(b) => body = b,
+                Verdict::Deny(d) => {
+                    return Err(CallError::Denied {
+                        plugin,
+                        status: d.status,
+                        code: d.code,
+                        message: d.message,
+                    });
+                }
+                Verdict::Hold(h) => {
+                    return Err(CallError::ApprovalRequired {
+                        plugin,
+                        rule: h.rule,
+                        summary: h.summary,
+                    });
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    /// True if some plugin rewrites streamed text.
+    pub fn wants_text(&self) -> bool {
+        self.chain
+            .plugins
+            .iter()
+            .any(|p| p.hooks.contains(Hooks::ON_TEXT))
+    }
+
+    /// Run one streamed text delta through `on-text`, plugin after plugin. With `last`, each
+    /// plugin gets the text the plugins before it flushed, so carried-over text is not lost.
+    pub async fn on_text(
+        &mut self,
+        call: &Call,
+        delta: String,
+        last: bool,
+    ) -> Result<String, CallError> {
+        let mut text = delta;
+        for i in self.due(Hooks::ON_TEXT) {
+            let result = match self.instance(i).await {
+                Ok(inst) => inst.on_text(call, &text, last).await,
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok(t) => text = t,
+                Err(f) => self.fault(i, "on-text", f)?,
+            }
+        }
+        Ok(text)
+    }
+
+    /// Run `on-complete`; failures are noted, never change the finished call.
+    pub async fn on_complete(&mut self, call: &Call, usage: &Usage, status: &Completion) {
+        for i in self.due(Hooks::ON_COMPLETE) {
+            let result = match self.instance(i).await {
+                Ok(inst) => inst.on_complete(call, usage, status).await,
+                Err(f) => Err(f),
+            };
+            if let Err(f) = result {
+                // The call is over: fail-closed cannot refuse it any more, so just record it.
+                let _ = self.fault(i, "on-complete", f);
+            }
+        }
+    }
+
+    /// Run `filter-tools`: a tool is shown only if every plugin keeps it.
+    pub async fn filter_tools(
+        &mut self,
+        call: &Call,
+        mut tools: Vec<Tool>,
+    ) -> Result<Vec<Tool>, CallError> {
+        for i in self.due(Hooks::FILTER_TOOLS) {
+            let result = match self.instance(i).await {
+                Ok(inst) => inst.filter_tools(call, &tools).await,
+                Err(f) => Err(f),
+            };
+            match result {
+                Ok(keep) => tools.retain(|t| keep.contains(&t.name)),
+                Err(f) => self.fault(i, "filter-tools", f)?,
+            }
+        }
+        Ok(tools)
+    }
+
+    /// End the call: unsettled reservations are released and pooled instances go back.
+    pub fn finish(mut self) {
+        for (i, slot) in self.instances.iter_mut().enumerate() {
+            if let Some(mut inst) = slot.take() {
+                inst.end_call();
+                self.chain.plugins[i].checkin(inst);
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The per-instance host state (a `Store`'s data) and the host imports a plugin may call:
+//! `log`, `now-ms`, the ledger and the key-value store. Nothing else is granted: the WASI
+//! context every instance gets has no preopened files, no environment, no arguments, no sockets
+//! and no stdio, because Rust, Python and JavaScript guests import WASI interfaces by default even
+//! when they never use them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::palisade::policy::{host, types};
+use super::bindings::{Amount, Level, ReserveError, Unit, Window};
+use super::kv::Kv;
+use crate::ledger::Ledger;
+
+/// Shared services behind the host imports, one per gateway.
+#[derive(Default)]
+pub struct HostServices {
+    pub ledger: Ledger,
+    pub kv: Kv,
+}
+
+/// Caps an instance's memory and remembers whether it hit the cap.
+pub struct Limiter {
+    pub max_bytes: usize,
+    pub hit: bool,
+    /// The largest memory the instance has had, for recycling pooled instances.
+    pub peak_bytes: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory cap of {} bytes reached",
+                self.max_bytes
+            )));
+        }
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A `Store`'s data: which plugin and call it serves, its deadline bookkeeping, its limits.
+pub struct HostState {
+    pub plugin: Arc<str>,
+    pub request_id: Arc<str>,
+    pub services: Arc<HostServices>,
+    pub limiter: Limiter,
+    /// When the running hook (or instantiation) started.
+    pub hook_started: Instant,
+    /// Time the running hook spent inside host imports, which does not count against its deadline.
+    pub host_time: Duration,
+    pub deadline: Duration,
+    pub timed_out: bool,
+    /// Reservations opened by this instance in this call, released at the end if unsettled.
+    pub reservations: Vec<u64>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    pub fn new(
+        plugin: Arc<str>,
+        services: Arc<HostServices>,
+        max_bytes: usize,
+        deadline: Duration,
+    ) -> Self {
+        HostState {
+            plugin,
+            request_id: Arc::from(""),
+            services,
+            limiter: Limiter {
+                max_bytes,
+                hit: false,
+                peak_bytes: 0,
+            },
+            hook_started: Instant::now(),
+            host_time: Duration::ZERO,
+            deadline,
+            timed_out: false,
+            reservations: Vec::new(),
+            // No preopens, env, args, network or stdio: a capability-free WASI.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Start the clock for a hook.
+    pub fn start_hook(&mut self) {
+        self.hook_started = Instant::now();
+        self.host_time = Duration::ZERO;
+    }
+
+    /// Guest time used by the running hook.
+    pub fn guest_time(&self) -> Duration {
+        self.hook_started.elapsed().saturating_sub(self.host_time)
+    }
+
+    /// Release reservations the plugin left unsettled; called when the call ends.
+    pub fn release_reservations(&mut self) {
+        for id in self.reservations.drain(..) {
+            self.services.ledger.release(id);
+        }
+    }
+
+    fn timed<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let t = Instant::now();
+        let r = f(self);
+        self.host_time += t.elapsed();
+        r
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    async fn log(&mut self, level: Level, message: String) {
+        let (plugin, request_id) = (&*self.plugin, &*self.request_id);
+        // Bound what a plugin can push into the gateway's log.
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            Level::Trace => tracing::trace!(plugin, request_id, "{message}"),
+            Level::Debug => tracing::debug!(plugin, request_id, "{message}"),
+            Level::Info => tracing::info!(plugin, request_id, "{message}"),
+            Level::Warn => tracing::warn!(plugin, request_id, "{message}"),
+            Level::Error => tracing::error!(plugin, request_id, "{message}"),
+        }
+    }
+
+    async fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    async fn reserve(&mut self, amounts: Vec<Amount>) -> Result<u64, ReserveError> {
+        self.timed(|s| {
+            let id = s.services.ledger.reserve(&amounts)?;
+            s.reservations.push(id);
+            Ok(id)
+        })
+    }
+
+    async fn settle(
+        &mut self,
+        reservation: u64,
+        micro_usd: u64,
+        tokens: u64,
+    ) -> Result<(), String> {
+        self.timed(|s| {
+            s.services.ledger.settle(reservation, micro_usd, tokens)?;
+            s.reservations.retain(|r| *r != reservation);
+            Ok(())
+        })
+    }
+
+    async fn spent(&mut self, scope: String, unit: Unit, window: Window) -> Result<u64, String> {
+        self.timed(|s| Ok(s.services.ledger.spent(&scope, unit, window)))
+    }
+
+    async fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.timed(|s| s.services.kv.get(&s.plugin, &key))
+    }
+
+    async fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_secs: u32) {
+        self.timed(|s| {
+            if !s.services.kv.set(&s.plugin, &key, &value, ttl_secs) {
+                tracing::warn!(
+                    plugin = &*s.plugin,
+                    "kv-set refused: value too large or store full"
+                );
+            }
+        })
+    }
+
+    async fn kv_incr(&mut self, key: String, delta: i64, ttl_secs: u32) -> i64 {
+        self.timed(|s| s.services.kv.incr(&s.plugin, &key, delta, ttl_secs))
+    }
+
+    async fn kv_delete(&mut self, key: String) {
+        self.timed(|s| s.services.kv.delete(&s.plugin, &key))
+    }
+}

@@ -1,0 +1,24 @@
+//! The plugin host: wasmtime component model, one engine, an `InstancePre` per plugin, a fresh
+//! instance per call (or a pooled one where configured), deadlines and memory caps per hook, and
+//! hot reload of the whole chain.
+//!
+//! - `bindings`: the generated host side of `wit/policy.wit`.
+//! - `engine`: the engine, linker and epoch ticker.
+//! - `host`: host state and imports (`log`, `now-ms`, ledger, key-value).
+//! - `loaded`: compile, cache, link and smoke-test one plugin.
+//! - `instance`: one instance; where faults are classified.
+//! - `chain`: the ordered chain and a call's session through it.
+//! - `reload`: the swappable runtime and the file watcher.
+
+pub mod bindings;
+pub mod chain;
+pub mod engine;
+pub mod host;
+pub mod instance;
+pub mod kv;
+pub mod loaded;
+pub mod reload;
+
+pub use chain::{CallSession, Chain, PluginNote, RequestDecision};
+pub use host::HostServices;
+pub use reload::{Overrides, Policy, ReloadError, ReloadStatus, Runtime};

@@ -1,0 +1,92 @@
+//! Ingress: the HTTP server and the routing of endpoints. Every response, whatever its path,
+//! carries `palisade-request-id`; unknown paths and methods get errors in OpenAI's shape.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::admin;
+use crate::call::{self, Gateway};
+use crate::error::CallError;
+use crate::wire::GatewayBody;
+use crate::wire::errors::{json_response, openai_error};
+
+/// Serve until the task is dropped.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(route(&gw, req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Bind and serve on `addr`; returns the bound address (port 0 picks one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+    let request_id: Arc<str> = Arc::from(call::new_id("req"));
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let mut resp = match (&parts.method, path.as_str()) {
+        (&Method::POST, "/v1/chat/completions") => {
+            call::chat_completions(gw, request_id.clone(), parts, body).await
+        }
+        (&Method::GET, "/v1/models") => match call::models(gw, parts).await {
+            Ok(r) => r,
+            Err(e) => openai_error(&e, &request_id),
+        },
+        (&Method::GET, "/admin/status") => match admin::status(gw, &parts) {
+            Ok(r) => r,
+            Err(e) => openai_error(&e, &request_id),
+        },
+        (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        (_, "/v1/chat/completions" | "/v1/models" | "/admin/status" | "/health") => {
+            let e = CallError::MethodNotAllowed {
+                method: parts.method.to_string(),
+                path,
+            };
+            openai_error(&e, &request_id)
+        }
+        _ => {
+            let e = CallError::NotFound {
+                message: format!("no endpoint at {path}"),
+            };
+            openai_error(&e, &request_id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("palisade-request-id", v);
+    }
+    resp
+}
