@@ -31,6 +31,11 @@ pub fn agent_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Most bytes of an oversized body read and thrown away so the agent gets its 413: a server
+/// that answers and closes while the client is still sending makes the client see a reset
+/// instead of the answer.
+const DRAIN_CAP: usize = 16 << 20;
+
 /// Read the body, refusing more than `limit` bytes (by header before reading, by count while
 /// reading).
 pub async fn read_body(
@@ -43,18 +48,29 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
         return Err(CallError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(CallError::PayloadTooLarge { limit })
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            CallError::bad_request("body_read_failed", format!("cannot read request body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(CallError::PayloadTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(CallError::bad_request(
-            "body_read_failed",
-            format!("cannot read request body: {e}"),
-        )),
     }
+    Ok(buf.freeze())
+}
+
+async fn drain(body: Incoming) {
+    let read = Limited::new(body, DRAIN_CAP).collect();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), read).await;
 }
 
 /// A chat request, checked enough that plugins and the upstream can rely on its shape.

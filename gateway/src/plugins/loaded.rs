@@ -202,7 +202,12 @@ impl LoadedPlugin {
             })?;
         plugin.hooks = hooks;
         if plugin.settings.instances == Instances::Pooled {
-            plugin.checkin(inst);
+            // The load check's instance is ready for real calls; it has served none yet.
+            plugin
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(inst);
         }
         Ok(plugin)
     }

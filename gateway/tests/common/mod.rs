@@ -1,0 +1,286 @@
+//! Test harness: a real gateway on a loopback port, in this process, with real compiled plugin
+//! components (from `make plugins`), in front of the in-process mock upstream.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use palisade::call::Gateway;
+use palisade::plugins::{HostServices, Overrides, Policy};
+use serde_json::{Value, json};
+
+pub const SUPPORT_KEY: &str = "pk-test-support";
+pub const RESEARCH_KEY: &str = "pk-test-research";
+
+/// A built plugin from `dist/plugins`.
+pub fn dist_plugin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make plugins` first",
+        p.display()
+    );
+    p
+}
+
+/// A fresh folder under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "palisade-test-{tag}-{:016x}",
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Write a file atomically (temp file + rename), as a deployer would.
+pub fn write_atomic(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+    std::fs::write(&tmp, bytes).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+pub struct TestGateway {
+    pub addr: std::net::SocketAddr,
+    pub mock: mock_upstream::MockState,
+    pub dir: PathBuf,
+    pub policy: Arc<Policy>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    server: tokio::task::JoinHandle<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.json
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.json
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+    pub fn content(&self) -> &str {
+        self.json
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// The config a test gateway runs: two agents plus the given `[[plugins]]` tables.
+pub fn config_text(dir: &Path, plugins_toml: &str) -> String {
+    format!(
+        r#"
+[upstream]
+name = "mock"
+base_url = "http://127.0.0.1:1"
+timeout_ms = 5000
+
+[server]
+max_body_bytes = 65536
+
+[plugin_host]
+cache_dir = "{cache}"
+max_instances = 200
+
+[[agents]]
+id = "support-bot"
+owner = "alice@example.com"
+team = "support"
+key = "{SUPPORT_KEY}"
+
+[[agents]]
+id = "research-bot"
+owner = "bob@example.com"
+team = "research"
+key = "{RESEARCH_KEY}"
+
+{plugins_toml}
+"#,
+        cache = dir.join("cache").display()
+    )
+}
+
+pub fn chat_body(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+impl TestGateway {
+    /// Copy these dist plugins into a fresh folder (as `<name>.wasm`) and start a gateway whose
+    /// config lists `plugins_toml` (paths relative to that folder).
+    pub async fn start(plugins: &[&str], plugins_toml: &str) -> TestGateway {
+        Self::start_with(plugins, plugins_toml, false).await
+    }
+
+    pub async fn start_with(plugins: &[&str], plugins_toml: &str, watch: bool) -> TestGateway {
+        let dir = temp_dir("gw");
+        for p in plugins {
+            std::fs::copy(dist_plugin(p), dir.join(format!("{p}.wasm"))).expect("copy plugin");
+        }
+        let config = dir.join("palisade.toml");
+        std::fs::write(&config, config_text(&dir, plugins_toml)).expect("write config");
+        let mock_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        let (mock_addr, mock) = mock_upstream::spawn(mock_listener);
+        let overrides = Overrides {
+            upstream_url: Some(format!("http://{mock_addr}")),
+        };
+        let policy = Policy::start(&config, Arc::new(HostServices::default()), overrides)
+            .await
+            .expect("gateway starts");
+        let watcher = watch.then(|| policy.watch().expect("watch"));
+        let (listener, addr) = palisade::server::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let gw = Arc::new(Gateway::new(policy.clone()));
+        let server = tokio::spawn(palisade::server::serve(listener, gw));
+        TestGateway {
+            addr,
+            mock,
+            dir,
+            policy,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            server,
+            _watcher: watcher,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("palisade.toml")
+    }
+
+    /// Replace the config's plugin tables (atomically).
+    pub fn rewrite_config(&self, plugins_toml: &str) {
+        write_atomic(
+            &self.config_path(),
+            config_text(&self.dir, plugins_toml).as_bytes(),
+        );
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Bytes,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(body)).unwrap())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (status, headers, bytes)
+    }
+
+    pub async fn chat(&self, key: &str, body: &Value) -> Reply {
+        let (status, headers, bytes) = self
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(key),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// A streamed chat: status and the `data:` payloads in order.
+    pub async fn chat_stream(&self, key: &str, body: &Value) -> (u16, Vec<String>) {
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let (status, _, bytes) = self
+            .request(
+                "POST",
+                "/v1/chat/completions",
+                Some(key),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect();
+        (status, events)
+    }
+
+    pub async fn status(&self) -> Value {
+        let (_, _, bytes) = self
+            .request("GET", "/admin/status", None, Bytes::new())
+            .await;
+        serde_json::from_slice(&bytes).expect("status JSON")
+    }
+
+    /// Wait (bounded) until the reload generation passes `generation` or a reload fails.
+    pub async fn wait_reload(
+        &self,
+        after_attempt: std::time::SystemTime,
+    ) -> palisade::plugins::ReloadStatus {
+        for _ in 0..200 {
+            let st = self.policy.status();
+            if st.last_attempt_at > after_attempt {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no reload happened within 10 s");
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.server.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Text of a stream: the content deltas joined.
+pub fn stream_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect()
+}
