@@ -273,15 +273,12 @@ impl Settings {
             }
             let key_sha256 = match (&a.key, &a.key_sha256) {
                 (Some(k), None) => hash_key(k),
-                (None, Some(h)) => {
-                    let bytes = hex::decode(h.trim())
-                        .ok()
-                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                        .ok_or_else(|| {
-                            invalid(format!("agent '{}': key_sha256 is not 64 hex digits", a.id))
-                        })?;
-                    bytes
-                }
+                (None, Some(h)) => hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        invalid(format!("agent '{}': key_sha256 is not 64 hex digits", a.id))
+                    })?,
                 _ => {
                     return Err(invalid(format!(
                         "agent '{}' needs exactly one of `key` or `key_sha256`",

@@ -35,10 +35,10 @@ fn secs(t: std::time::SystemTime) -> u64 {
 /// `GET /admin/status`.
 pub fn status(gw: &Gateway, parts: &Parts) -> Result<http::Response<GatewayBody>, CallError> {
     let rt = gw.policy.current();
-    if let Some(token) = &rt.settings.admin_token {
-        if agent_key(&parts.headers) != Some(token.as_str()) {
-            return Err(CallError::Unauthorized("admin token required"));
-        }
+    if let Some(token) = &rt.settings.admin_token
+        && agent_key(&parts.headers) != Some(token.as_str())
+    {
+        return Err(CallError::Unauthorized("admin token required"));
     }
     let st = gw.policy.status();
     let plugins: Vec<_> = rt

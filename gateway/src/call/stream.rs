@@ -84,10 +84,11 @@ async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
         };
         for data in events {
             if data.trim() == "[DONE]" {
-                if wants_text && !flushed {
-                    if let Err(e) = flush(&mut r, &text_call, &tx, None).await {
-                        break 'relay e;
-                    }
+                if wants_text
+                    && !flushed
+                    && let Err(e) = flush(&mut r, &text_call, &tx, None).await
+                {
+                    break 'relay e;
                 }
                 if tx.send(event("[DONE]")).await.is_err() {
                     break 'relay End::ClientGone;
@@ -119,10 +120,10 @@ async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
                 if only_usage && !r.wants_usage {
                     continue;
                 }
-                if !r.wants_usage {
-                    if let Some(o) = chunk.as_object_mut() {
-                        o.remove("usage");
-                    }
+                if !r.wants_usage
+                    && let Some(o) = chunk.as_object_mut()
+                {
+                    o.remove("usage");
                 }
             }
             let finishing = chunk

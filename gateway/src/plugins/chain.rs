@@ -167,10 +167,10 @@ impl CallSession {
     /// Drop instances of plugins with no hook left after `done`.
     fn release_after(&mut self, remaining: Hooks) {
         for (i, p) in self.chain.plugins.iter().enumerate() {
-            if !p.hooks.intersects(remaining) {
-                if let Some(inst) = self.instances[i].take() {
-                    p.checkin(inst);
-                }
+            if !p.hooks.intersects(remaining)
+                && let Some(inst) = self.instances[i].take()
+            {
+                p.checkin(inst);
             }
         }
     }

@@ -10,12 +10,15 @@ const MAX_KEYS: usize = 100_000;
 /// Largest value a plugin may store.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// A value and when it expires (never: `None`).
+type Entry = (Vec<u8>, Option<Instant>);
+
 #[derive(Default)]
 pub struct Kv {
-    map: Mutex<HashMap<String, (Vec<u8>, Option<Instant>)>>,
+    map: Mutex<HashMap<String, Entry>>,
 }
 
-fn live(entry: &(Vec<u8>, Option<Instant>), now: Instant) -> bool {
+fn live(entry: &Entry, now: Instant) -> bool {
     entry.1.is_none_or(|t| t > now)
 }
 
@@ -28,12 +31,12 @@ impl Kv {
         format!("{ns}\u{0}{key}")
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, Option<Instant>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts).
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn room(map: &mut HashMap<String, (Vec<u8>, Option<Instant>)>, now: Instant) -> bool {
+    fn room(map: &mut HashMap<String, Entry>, now: Instant) -> bool {
         if map.len() < MAX_KEYS {
             return true;
         }

@@ -230,10 +230,10 @@ impl Policy {
     pub fn watch(self: &Arc<Self>) -> Result<notify::RecommendedWatcher, notify::Error> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
-                }
+            if let Ok(ev) = ev
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
             }
         })?;
         for dir in self.watched_dirs() {

@@ -18,10 +18,7 @@ impl SseReader {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, SseError> {
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        loop {
-            let Some((end, sep)) = find_blank_line(&self.buf) else {
-                break;
-            };
+        while let Some((end, sep)) = find_blank_line(&self.buf) {
             let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
             let text = std::str::from_utf8(&raw[..end]).map_err(|_| SseError("not UTF-8"))?;
             let mut data: Option<String> = None;
