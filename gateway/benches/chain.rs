@@ -1,6 +1,7 @@
 //! The plugin chain in process: the cost of one call's `on-request` pass through 1 and 5 trivial
-//! plugins (the fixture in `allow` mode: instantiate, `init` with a JSON config, one hook, drop),
-//! with fresh and pooled instances, on one thread and on two at once.
+//! plugins (`tests/fixtures/trivial`: instantiate, `init`, one hook, drop), with fresh and pooled
+//! instances, on one thread and on two at once; and through the shipped `model-allow` plugin,
+//! which parses a real config and matches globs.
 //!
 //! Run with `make bench` (it builds the plugins first).
 
@@ -38,10 +39,11 @@ fn call() -> Call {
     }
 }
 
-fn chain(rt: &tokio::runtime::Runtime, plugins: usize, pooled: bool) -> Arc<Chain> {
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/plugins/fixture.wasm");
+fn chain(rt: &tokio::runtime::Runtime, plugin: &str, config: &str, plugins: usize, pooled: bool) -> Arc<Chain> {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../dist/plugins/{plugin}.wasm"));
     assert!(wasm.exists(), "run `make plugins` first");
-    let dir = std::env::temp_dir().join(format!("palisade-bench-{plugins}-{pooled}-{}", std::process::id()));
+    let dir = std::env::temp_dir()
+        .join(format!("palisade-bench-{plugin}-{plugins}-{pooled}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut toml = format!(
         "[upstream]\nbase_url = \"http://127.0.0.1:1\"\n[plugin_host]\ncache_dir = \"{}\"\n",
@@ -49,7 +51,7 @@ fn chain(rt: &tokio::runtime::Runtime, plugins: usize, pooled: bool) -> Arc<Chai
     );
     for i in 0..plugins {
         toml.push_str(&format!(
-            "[[plugins]]\nname = \"p{i}\"\npath = \"{}\"\ninstances = \"{}\"\nmax_calls = 1000000\n[plugins.config]\nmode = \"allow\"\ntag = \"p{i}\"\n",
+            "[[plugins]]\nname = \"p{i}\"\npath = \"{}\"\ninstances = \"{}\"\nmax_calls = 1000000\n[plugins.config]\n{config}\n",
             wasm.display(),
             if pooled { "pooled" } else { "fresh" }
         ));
@@ -75,9 +77,16 @@ fn bench(c: &mut Criterion) {
     let template = call();
     let mut group = c.benchmark_group("chain");
     group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    for pooled in [false, true] {
+        let chain = chain(&rt, "model-allow", "default = [\"gpt-4o*\", \"claude-*\"]", 1, pooled);
+        let mode = if pooled { "pooled" } else { "fresh" };
+        group.bench_function(format!("model-allow/{mode}/1-thread"), |b| {
+            b.to_async(&rt).iter(|| one_call(&chain, &template));
+        });
+    }
     for plugins in [1usize, 5] {
         for pooled in [false, true] {
-            let chain = chain(&rt, plugins, pooled);
+            let chain = chain(&rt, "trivial", "", plugins, pooled);
             let mode = if pooled { "pooled" } else { "fresh" };
             group.bench_function(format!("{plugins}-plugins/{mode}/1-thread"), |b| {
                 b.to_async(&rt).iter(|| one_call(&chain, &template));
