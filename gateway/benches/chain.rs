@@ -39,11 +39,19 @@ fn call() -> Call {
     }
 }
 
-fn chain(rt: &tokio::runtime::Runtime, plugin: &str, config: &str, plugins: usize, pooled: bool) -> Arc<Chain> {
+fn chain(
+    rt: &tokio::runtime::Runtime,
+    plugin: &str,
+    config: &str,
+    plugins: usize,
+    pooled: bool,
+) -> Arc<Chain> {
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../dist/plugins/{plugin}.wasm"));
     assert!(wasm.exists(), "run `make plugins` first");
-    let dir = std::env::temp_dir()
-        .join(format!("palisade-bench-{plugin}-{plugins}-{pooled}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-bench-{plugin}-{plugins}-{pooled}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let mut toml = format!(
         "[upstream]\nbase_url = \"http://127.0.0.1:1\"\n[plugin_host]\ncache_dir = \"{}\"\n",
@@ -59,7 +67,11 @@ fn chain(rt: &tokio::runtime::Runtime, plugin: &str, config: &str, plugins: usiz
     let cfg = dir.join("palisade.toml");
     std::fs::write(&cfg, toml).unwrap();
     let policy = rt
-        .block_on(Policy::start(&cfg, Arc::new(HostServices::default()), Default::default()))
+        .block_on(Policy::start(
+            &cfg,
+            Arc::new(HostServices::default()),
+            Default::default(),
+        ))
         .unwrap();
     policy.current().chain.clone()
 }
@@ -73,12 +85,24 @@ async fn one_call(chain: &Arc<Chain>, template: &Call) {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let template = call();
     let mut group = c.benchmark_group("chain");
-    group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for pooled in [false, true] {
-        let chain = chain(&rt, "model-allow", "default = [\"gpt-4o*\", \"claude-*\"]", 1, pooled);
+        let chain = chain(
+            &rt,
+            "model-allow",
+            "default = [\"gpt-4o*\", \"claude-*\"]",
+            1,
+            pooled,
+        );
         let mode = if pooled { "pooled" } else { "fresh" };
         group.bench_function(format!("model-allow/{mode}/1-thread"), |b| {
             b.to_async(&rt).iter(|| one_call(&chain, &template));

@@ -27,6 +27,11 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `sqlite://palisade.db` (relative to the config's folder; the default) or
+    /// `postgres://user@host/db` for replicas sharing one state.
+    pub database: Option<String>,
+    #[serde(default)]
+    pub audit: RawAudit,
     #[serde(default)]
     pub server: RawServer,
     pub upstream: RawUpstream,
@@ -73,8 +78,42 @@ pub struct RawPluginHost {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// Name of the environment variable holding the admin API token.
-    pub token_env: Option<String>,
+    /// Name of the environment variable holding the first admin's API token (created at start
+    /// if no user of that name exists). Default `PALISADE_ADMIN_TOKEN`.
+    pub bootstrap_token_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub durability: Option<Durability>,
+    pub on_failure: Option<OnAuditFailure>,
+    pub store_bodies: Option<bool>,
+    pub batch_max: Option<usize>,
+    pub flush_ms: Option<u64>,
+    pub queue: Option<usize>,
+}
+
+/// When a call's audit event must be committed.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Written in batches off the request path (default).
+    #[default]
+    Batched,
+    /// The response waits until its event is committed.
+    Sync,
+}
+
+/// What the gateway does when the audit log cannot be written.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// Refuse new calls (503 `audit_unavailable`) until it can (default).
+    #[default]
+    Refuse,
+    /// Keep serving; events wait in the queue, and the log says so loudly.
+    Continue,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +127,18 @@ pub struct RawAgent {
     pub team: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub purpose: String,
+    /// Models it may use (for the inventory; `model-allow` enforces).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Tools it may use (for the inventory; `tool-acl` enforces).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub budgets: toml::Table,
     /// The agent's key in clear (demo and tests only).
     pub key: Option<String>,
     /// The hex SHA-256 of the agent's key (what to commit to a repository).
@@ -135,13 +186,25 @@ pub enum Instances {
 pub struct Settings {
     /// The file it came from.
     pub path: PathBuf,
+    pub database: String,
+    pub audit: AuditSettings,
+    pub admin_bootstrap_env: String,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub upstream: UpstreamSettings,
     pub host: PluginHostSettings,
-    pub admin_token: Option<String>,
     pub agents: Vec<AgentSettings>,
     pub plugins: Vec<PluginSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub durability: Durability,
+    pub on_failure: OnAuditFailure,
+    pub store_bodies: bool,
+    pub batch_max: usize,
+    pub flush: Duration,
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +232,11 @@ pub struct AgentSettings {
     pub owner: String,
     pub team: String,
     pub labels: Vec<(String, String)>,
+    pub description: String,
+    pub purpose: String,
+    pub models: Vec<String>,
+    pub tools: Vec<String>,
+    pub budgets: serde_json::Value,
     pub key_sha256: [u8; 32],
 }
 
@@ -286,8 +354,15 @@ impl Settings {
                     )));
                 }
             };
+            let budgets = serde_json::to_value(&a.budgets)
+                .map_err(|e| invalid(format!("agent '{}' budgets: {e}", a.id)))?;
             agents.push(AgentSettings {
                 name: a.name.unwrap_or_else(|| a.id.clone()),
+                description: a.description,
+                purpose: a.purpose,
+                models: a.models,
+                tools: a.tools,
+                budgets,
                 id: a.id,
                 owner: a.owner,
                 team: a.team,
@@ -325,8 +400,32 @@ impl Settings {
             )));
         }
 
+        let database = match raw.database {
+            None => format!("sqlite://{}", dir.join("palisade.db").display()),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(file) if !file.starts_with('/') && !file.starts_with(":memory:") => {
+                    format!("sqlite://{}", dir.join(file).display())
+                }
+                _ => url,
+            },
+        };
+        let audit = AuditSettings {
+            durability: raw.audit.durability.unwrap_or_default(),
+            on_failure: raw.audit.on_failure.unwrap_or_default(),
+            store_bodies: raw.audit.store_bodies.unwrap_or(false),
+            batch_max: raw.audit.batch_max.unwrap_or(256).max(1),
+            flush: Duration::from_millis(raw.audit.flush_ms.unwrap_or(20)),
+            queue: raw.audit.queue.unwrap_or(10_000).max(16),
+        };
+
         Ok(Settings {
             path: path.to_path_buf(),
+            database,
+            audit,
+            admin_bootstrap_env: raw
+                .admin
+                .bootstrap_token_env
+                .unwrap_or_else(|| "PALISADE_ADMIN_TOKEN".into()),
             listen: raw
                 .server
                 .listen
@@ -334,7 +433,6 @@ impl Settings {
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
             upstream,
             host,
-            admin_token: env(&raw.admin.token_env, "admin.token_env")?,
             agents,
             plugins,
         })

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -12,8 +11,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::call::Gateway;
-use crate::plugins::{HostServices, Overrides, Policy};
+use crate::app::Gateway;
+use crate::plugins::Overrides;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -83,10 +82,10 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     let overrides = Overrides {
         upstream_url: Some(format!("http://{mock_addr}")),
     };
-    let policy = Policy::start(config, Arc::new(HostServices::default()), overrides)
+    let gw = Gateway::start(config, overrides)
         .await
         .map_err(|e| DemoError::Gateway(e.to_string()))?;
-    let rt = policy.current();
+    let rt = gw.policy.current();
     let (listener, addr) = crate::server::bind(listen)
         .await
         .map_err(|e| DemoError::Gateway(e.to_string()))?;
@@ -103,7 +102,6 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
             .join(", ")
     );
     drop(rt);
-    let gw = Arc::new(Gateway::new(policy));
     let server = tokio::spawn(crate::server::serve(listener, gw));
     let client = Client2 {
         base: format!("http://{addr}"),

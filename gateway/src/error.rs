@@ -104,6 +104,12 @@ pub enum CallError {
     UpstreamUnavailable { provider: String, message: String },
     #[error("upstream {provider} did not answer within {} ms", .after.as_millis())]
     UpstreamTimeout { provider: String, after: Duration },
+    #[error("the audit log cannot be written; calls are refused until it can")]
+    AuditUnavailable,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -116,14 +122,16 @@ impl CallError {
             | CallError::PayloadTooLarge { .. }
             | CallError::Unauthorized(_)
             | CallError::NotFound { .. }
-            | CallError::MethodNotAllowed { .. } => Source::Downstream,
+            | CallError::MethodNotAllowed { .. }
+            | CallError::Forbidden(_)
+            | CallError::Conflict(_) => Source::Downstream,
             CallError::Denied { .. }
             | CallError::ApprovalRequired { .. }
             | CallError::PluginFailed { .. } => Source::Plugin,
             CallError::UpstreamStatus { .. }
             | CallError::UpstreamUnavailable { .. }
             | CallError::UpstreamTimeout { .. } => Source::Upstream,
-            CallError::Internal(_) => Source::Internal,
+            CallError::Internal(_) | CallError::AuditUnavailable => Source::Internal,
         }
     }
 
@@ -149,6 +157,9 @@ impl CallError {
             },
             CallError::UpstreamUnavailable { .. } => 502,
             CallError::UpstreamTimeout { .. } => 504,
+            CallError::AuditUnavailable => 503,
+            CallError::Forbidden(_) => 403,
+            CallError::Conflict(_) => 409,
             CallError::Internal(_) => 500,
         }
     }
@@ -167,6 +178,9 @@ impl CallError {
             CallError::UpstreamStatus { .. } => "upstream_error",
             CallError::UpstreamUnavailable { .. } => "upstream_unavailable",
             CallError::UpstreamTimeout { .. } => "upstream_timeout",
+            CallError::AuditUnavailable => "audit_unavailable",
+            CallError::Forbidden(_) => "forbidden",
+            CallError::Conflict(_) => "conflict",
             CallError::Internal(_) => "internal_error",
         }
     }

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod audit;
 pub mod call;
 pub mod cli;

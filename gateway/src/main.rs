@@ -1,12 +1,10 @@
 //! The `palisade` binary: parse the command line, set up logging, run the subcommand.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Parser;
-use palisade::call::Gateway;
+use palisade::app::Gateway;
 use palisade::cli::{Cli, Command};
-use palisade::plugins::{HostServices, Overrides, Policy};
+use palisade::plugins::Overrides;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,13 +36,13 @@ async fn serve(
     listen: Option<std::net::SocketAddr>,
     overrides: Overrides,
 ) -> anyhow::Result<()> {
-    let policy = Policy::start(&config, Arc::new(HostServices::default()), overrides)
+    let gw = Gateway::start(&config, overrides)
         .await
         .with_context(|| format!("cannot start with {}", config.display()))?;
-    let rt = policy.current();
+    let rt = gw.policy.current();
     let _watcher = if rt.settings.host.watch {
         Some(
-            policy
+            gw.policy
                 .watch()
                 .context("cannot watch the config and plugin files")?,
         )
@@ -58,11 +56,10 @@ async fn serve(
     tracing::info!(
         policy_version = %rt.chain.version,
         plugins = rt.chain.plugins.len(),
-        agents = rt.registry.len(),
+        database = gw.store.backend_name(),
         "palisade listening on http://{local}"
     );
     drop(rt);
-    let gw = Arc::new(Gateway::new(policy));
     tokio::select! {
         _ = palisade::server::serve(listener, gw) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),

@@ -434,7 +434,7 @@ async fn hot_reload_under_load_swaps_the_chain_with_zero_failed_calls() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        st = gw.policy.status();
+        st = gw.gw.policy.status();
     }
     assert!(st.last_ok, "{:?}", st.last_error);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -514,7 +514,7 @@ async fn bad_reloads_keep_the_old_chain_running() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        st = gw.policy.status();
+        st = gw.gw.policy.status();
     }
     let err = st.last_error.unwrap();
     assert!(
@@ -556,8 +556,16 @@ async fn start_refuses_a_broken_plugin_with_a_clear_error() {
     std::fs::write(dir.join("bad.wasm"), b"garbage").unwrap();
     let cfg = dir.join("palisade.toml");
     let toml = "[[plugins]]\nname = \"bad\"\npath = \"bad.wasm\"\n";
-    std::fs::write(&cfg, config_text(&dir, toml)).unwrap();
-    let err = palisade::plugins::Policy::start(&cfg, Default::default(), Default::default())
+    std::fs::write(
+        &cfg,
+        config_text(
+            &dir,
+            &format!("sqlite://{}", dir.join("p.db").display()),
+            toml,
+        ),
+    )
+    .unwrap();
+    let err = palisade::app::Gateway::start(&cfg, Default::default())
         .await
         .err()
         .expect("a garbage plugin must not load");

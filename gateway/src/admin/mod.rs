@@ -1,75 +1,117 @@
-//! The admin API. For now `GET /admin/status`: the loaded chain (each plugin with its sha256 and
-//! hooks), the policy version, and the last reload's time and result. When `[admin] token_env`
-//! is set, requests must carry that token as a bearer token.
+//! The admin API under `/admin/api/`, and `/admin/status`. The CLI and (later) the UI use only
+//! this API. Every endpoint names the roles it admits, checked in one place ([`auth`]); every
+//! change is audited with who made it.
+//!
+//! | endpoint | roles |
+//! |---|---|
+//! | `GET /admin/status`, `GET /admin/api/whoami` | any |
+//! | `GET /admin/api/agents[/{id}]`, `GET /admin/api/agents/export` | admin, auditor |
+//! | `POST /admin/api/agents`, `PATCH`/`suspend`/`activate`/`keys...` | admin |
+//! | `GET /admin/api/audit/export`, `GET /admin/api/audit/verify` | admin, auditor |
+//! | `GET`/`POST /admin/api/users`, `POST /admin/api/users/{id}/tokens` | admin |
 
-use http::StatusCode;
+mod agents;
+mod audit;
+pub mod auth;
+pub mod query;
+mod status;
+mod users;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::request::Parts;
-use serde_json::json;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use palisade_store::StoreError;
+use serde::de::DeserializeOwned;
 
-use crate::call::{Gateway, request::agent_key};
+use crate::app::Gateway;
 use crate::error::CallError;
-use crate::plugins::bindings::Hooks;
 use crate::wire::GatewayBody;
 use crate::wire::errors::json_response;
 
-fn hook_names(h: Hooks) -> Vec<&'static str> {
-    [
-        (Hooks::ON_REQUEST, "on-request"),
-        (Hooks::ON_RESPONSE, "on-response"),
-        (Hooks::ON_TEXT, "on-text"),
-        (Hooks::ON_COMPLETE, "on-complete"),
-        (Hooks::FILTER_TOOLS, "filter-tools"),
-    ]
-    .into_iter()
-    .filter(|(f, _)| h.contains(*f))
-    .map(|(_, n)| n)
-    .collect()
-}
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1 << 20;
 
-fn secs(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `GET /admin/status`.
-pub fn status(gw: &Gateway, parts: &Parts) -> Result<http::Response<GatewayBody>, CallError> {
-    let rt = gw.policy.current();
-    if let Some(token) = &rt.settings.admin_token
-        && agent_key(&parts.headers) != Some(token.as_str())
-    {
-        return Err(CallError::Unauthorized("admin token required"));
-    }
-    let st = gw.policy.status();
-    let plugins: Vec<_> = rt
-        .chain
-        .plugins
-        .iter()
-        .map(|p| {
-            json!({
-                "name": &*p.name,
-                "path": p.settings.path.display().to_string(),
-                "sha256": p.sha256,
-                "hooks": hook_names(p.hooks),
-                "instances": p.settings.instances,
-                "on_error": p.settings.on_error,
-                "deadline_ms": p.settings.deadline.as_millis() as u64,
-                "memory_mb": p.settings.memory_bytes >> 20,
-            })
-        })
-        .collect();
-    let body = json!({
-        "policy_version": rt.chain.version,
-        "plugins": plugins,
-        "agents": rt.registry.len(),
-        "upstream": rt.settings.upstream.name,
-        "reload": {
-            "generation": st.generation,
-            "loaded_at": secs(st.loaded_at),
-            "last_attempt_at": secs(st.last_attempt_at),
-            "last_ok": st.last_ok,
-            "last_error": st.last_error,
+/// A store error as the admin API reports it.
+pub fn store_error(e: StoreError) -> CallError {
+    match e {
+        StoreError::NotFound { .. } => CallError::NotFound {
+            message: e.to_string(),
         },
-    });
-    Ok(json_response(StatusCode::OK, body.to_string()))
+        StoreError::Conflict { .. } => CallError::Conflict(e.to_string()),
+        StoreError::Invalid(m) => CallError::bad_request("invalid_request", m),
+        other => CallError::Internal(other.to_string()),
+    }
+}
+
+fn ok_json(
+    status: StatusCode,
+    v: &impl serde::Serialize,
+) -> Result<Response<GatewayBody>, CallError> {
+    let body = serde_json::to_vec(v).map_err(|e| CallError::Internal(e.to_string()))?;
+    Ok(json_response(status, Bytes::from(body)))
+}
+
+async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, CallError> {
+    let bytes = http_body_util::Limited::new(body, MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| CallError::PayloadTooLarge {
+            limit: MAX_ADMIN_BODY,
+        })?
+        .to_bytes();
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CallError::bad_request("invalid_json", format!("request body: {e}")))
+}
+
+/// Route an admin request. `None`: not an admin path.
+pub async fn route(
+    gw: &Arc<Gateway>,
+    parts: &Parts,
+    body: Incoming,
+) -> Option<Result<Response<GatewayBody>, CallError>> {
+    let path = parts.uri.path();
+    if path == "/admin/status" {
+        return Some(status::status(gw, parts).await);
+    }
+    let rest = path.strip_prefix("/admin/api/")?;
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let m = &parts.method;
+    Some(match (m, segs.as_slice()) {
+        (&Method::GET, ["whoami"]) => users::whoami(gw, parts).await,
+        (&Method::GET, ["agents"]) => agents::list(gw, parts).await,
+        (&Method::POST, ["agents"]) => agents::create(gw, parts, body).await,
+        (&Method::GET, ["agents", "export"]) => agents::export(gw, parts).await,
+        (&Method::GET, ["agents", id]) => agents::show(gw, parts, id).await,
+        (&Method::PATCH, ["agents", id]) => agents::update(gw, parts, id, body).await,
+        (&Method::POST, ["agents", id, "suspend"]) => {
+            agents::set_status(gw, parts, id, false).await
+        }
+        (&Method::POST, ["agents", id, "activate"]) => {
+            agents::set_status(gw, parts, id, true).await
+        }
+        (&Method::POST, ["agents", id, "keys"]) => agents::add_key(gw, parts, id).await,
+        (&Method::POST, ["agents", id, "keys", key, "rotate"]) => {
+            agents::rotate_key(gw, parts, id, key).await
+        }
+        (&Method::DELETE, ["agents", id, "keys", key]) => {
+            agents::revoke_key(gw, parts, id, key).await
+        }
+        (&Method::GET, ["audit", "export"]) => audit::export(gw, parts).await,
+        (&Method::GET, ["audit", "verify"]) => audit::verify(gw, parts).await,
+        (&Method::GET, ["users"]) => users::list(gw, parts).await,
+        (&Method::POST, ["users"]) => users::create(gw, parts, body).await,
+        (&Method::POST, ["users", id, "tokens"]) => users::add_token(gw, parts, id).await,
+        _ => Err(CallError::NotFound {
+            message: format!("no admin endpoint {m} {path}"),
+        }),
+    })
 }

@@ -15,111 +15,84 @@ pub mod request;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
+use palisade_store::NewAuditEvent;
 
-use crate::audit::{self, AuditEvent};
+use crate::app::{Gateway, now_ms};
+use crate::config::Durability;
 use crate::error::CallError;
 use crate::plugins::bindings::{Call, Completion, Usage};
-use crate::plugins::{CallSession, Policy, Runtime};
-use crate::providers::Upstream;
+use crate::plugins::{CallSession, Runtime};
 use crate::wire::GatewayBody;
 use crate::wire::errors::{json_response, openai_error};
-
-/// The gateway's shared state: the swappable policy and the upstream client.
-pub struct Gateway {
-    pub policy: Arc<Policy>,
-    upstream: ArcSwap<Upstream>,
-}
 
 /// Random id with a prefix, e.g. `req_1f0c...`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())
 }
 
-impl Gateway {
-    pub fn new(policy: Arc<Policy>) -> Gateway {
-        let settings = policy.current().settings.upstream.clone();
-        Gateway {
-            policy,
-            upstream: ArcSwap::from_pointee(Upstream::new(settings)),
-        }
-    }
-
-    /// The upstream client for the runtime's settings, rebuilt only when they changed.
-    fn upstream(&self, rt: &Runtime) -> Arc<Upstream> {
-        let current = self.upstream.load_full();
-        if current.settings == rt.settings.upstream {
-            return current;
-        }
-        let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
-        self.upstream.store(fresh.clone());
-        fresh
-    }
-}
-
 /// What the audit needs to know about a call, filled in as it goes.
 pub struct Draft {
     pub started: Instant,
-    pub event: AuditEvent,
+    pub event: NewAuditEvent,
 }
 
 impl Draft {
     fn new(request_id: &str, rt: &Runtime, kind: &'static str) -> Draft {
         Draft {
             started: Instant::now(),
-            event: AuditEvent {
-                time: SystemTime::now(),
+            event: NewAuditEvent {
+                time_ms: now_ms(),
                 request_id: request_id.to_string(),
-                run_id: String::new(),
-                chain: Vec::new(),
-                agent: None,
-                owner: None,
-                kind,
-                target: String::new(),
-                provider: None,
+                kind: kind.to_string(),
                 policy_version: rt.chain.version.clone(),
-                decided_by: None,
-                verdicts: Vec::new(),
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_micro_usd: 0,
-                latency_us: 0,
-                status: 200,
-                error_code: None,
-                truncated: false,
+                verdicts: serde_json::Value::Array(Vec::new()),
+                ..Default::default()
             },
         }
     }
 
-    /// Finish and record the event.
-    pub fn record(
+    /// Complete the event and hand it to the audit sink; with sync durability this returns once
+    /// it is committed.
+    pub async fn record(
         mut self,
+        gw: &Gateway,
         session: Option<&mut CallSession>,
         status: u16,
         error: Option<&CallError>,
-    ) {
-        self.event.latency_us = self.started.elapsed().as_micros() as u64;
-        self.event.status = status;
+    ) -> Result<(), CallError> {
+        self.event.latency_us = self.started.elapsed().as_micros() as i64;
+        self.event.status = i64::from(status);
         if let Some(s) = session {
-            self.event.verdicts = std::mem::take(&mut s.notes);
+            self.event.verdicts =
+                serde_json::to_value(std::mem::take(&mut s.notes)).unwrap_or_default();
         }
         if let Some(e) = error {
             self.event.error_code = Some(e.code().to_string());
             self.event.decided_by = e.plugin().map(str::to_string);
         }
-        audit::record(&self.event);
+        gw.audit.record(self.event).await
+    }
+}
+
+fn empty_usage() -> Usage {
+    Usage {
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_tokens: 0,
+        cost: 0,
+        served_by: String::new(),
     }
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     request_id: Arc<str>,
     parts: Parts,
     body: Incoming,
@@ -140,49 +113,41 @@ pub async fn chat_completions(
         &mut call,
     )
     .await;
-    match result {
-        Ok(Reply::Done(resp, usage)) => {
-            if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
-                let done = Completion {
-                    status: 200,
-                    error_code: None,
-                    truncated: false,
-                };
-                s.on_complete(c, &usage, &done).await;
-            }
-            draft.event.output_tokens = usage.output_tokens;
-            draft.event.input_tokens = usage.input_tokens;
-            draft.record(session.as_mut(), 200, None);
-            if let Some(s) = session {
-                s.finish();
-            }
-            resp
-        }
+    let (resp, usage, error) = match result {
         // The streaming task owns the session and the draft from here.
-        Ok(Reply::Streaming(resp)) => resp,
-        Err(e) => {
-            if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
-                let usage = Usage {
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    cached_tokens: 0,
-                    cost: 0,
-                    served_by: String::new(),
-                };
-                let done = Completion {
-                    status: e.status(),
-                    error_code: Some(e.code().to_string()),
-                    truncated: false,
-                };
-                s.on_complete(c, &usage, &done).await;
-            }
-            log_error(&request_id, &e);
-            draft.record(session.as_mut(), e.status(), Some(&e));
-            if let Some(s) = session {
-                s.finish();
-            }
+        Ok(Reply::Streaming(resp)) => return resp,
+        Ok(Reply::Done(resp, usage)) => (resp, usage, None),
+        Err(e) => (openai_error(&e, &request_id), empty_usage(), Some(e)),
+    };
+    let status = resp.status().as_u16();
+    if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
+        let code = error.as_ref().map(|e| e.code().to_string());
+        let done = Completion {
+            status,
+            error_code: code,
+            truncated: false,
+        };
+        s.on_complete(c, &usage, &done).await;
+    }
+    if let Some(e) = &error {
+        log_error(&request_id, e);
+    }
+    draft.event.output_tokens = i64::from(usage.output_tokens);
+    if usage.input_tokens > 0 {
+        draft.event.input_tokens = i64::from(usage.input_tokens);
+    }
+    let recorded = draft
+        .record(gw, session.as_mut(), status, error.as_ref())
+        .await;
+    if let Some(s) = session {
+        s.finish();
+    }
+    match recorded {
+        // In sync mode an answer whose event could not be committed is not sent.
+        Err(e) if gw.audit.settings().durability == Durability::Sync => {
             openai_error(&e, &request_id)
         }
+        _ => resp,
     }
 }
 
@@ -202,7 +167,7 @@ enum Reply {
 
 #[allow(clippy::too_many_arguments)]
 async fn chat_inner(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     rt: &Arc<Runtime>,
     request_id: &Arc<str>,
     parts: Parts,
@@ -215,13 +180,13 @@ async fn chat_inner(
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
         "missing API key: send `Authorization: Bearer <agent key>`",
     ))?;
-    let agent = rt
-        .registry
-        .authenticate(key)
-        .ok_or(CallError::Unauthorized("unknown or revoked agent key"))?;
+    let (agent, _) = gw.registry.authenticate(key).await?;
+    // No call runs unaudited: refuse while the audit log cannot be written.
+    gw.audit.admit()?;
     let run_id = new_id("run");
     draft.event.agent = Some(agent.id.clone());
     draft.event.owner = Some(agent.owner.clone());
+    draft.event.team = Some(agent.team.clone());
     draft.event.run_id = run_id.clone();
     draft.event.chain = vec![agent.id.clone()];
 
@@ -229,7 +194,7 @@ async fn chat_inner(
     let bytes = request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await?;
     let chat = request::parse_chat(&bytes)?;
     draft.event.target = chat.model.clone();
-    draft.event.input_tokens = chat.input_tokens;
+    draft.event.input_tokens = i64::from(chat.input_tokens);
     let body_text = String::from_utf8(bytes.to_vec())
         .map_err(|_| CallError::bad_request("invalid_json", "request body is not UTF-8"))?;
     let call = call_slot.insert(request::llm_call(
@@ -239,6 +204,10 @@ async fn chat_inner(
     // Step 4: the plugin chain, request side.
     let session = session_slot.insert(rt.chain.session(request_id.clone()));
     let decision = session.on_request(call).await?;
+    if gw.audit.settings().store_bodies {
+        // After the chain, so what is kept is what its redaction left.
+        draft.event.body = Some(call.body.clone());
+    }
     if let Some(route) = &decision.route {
         tracing::debug!(
             request_id = &**request_id,
@@ -288,7 +257,7 @@ async fn chat_inner(
             wants_usage: chat.wants_usage,
             request_id: request_id.clone(),
         };
-        let body = stream::start(relay, resp.into_body());
+        let body = stream::start(gw.clone(), relay, resp.into_body());
         let mut r = Response::new(body);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -349,9 +318,7 @@ pub async fn models(gw: &Gateway, parts: Parts) -> Result<Response<GatewayBody>,
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
         "missing API key: send `Authorization: Bearer <agent key>`",
     ))?;
-    rt.registry
-        .authenticate(key)
-        .ok_or(CallError::Unauthorized("unknown or revoked agent key"))?;
+    gw.registry.authenticate(key).await?;
     let body = gw.upstream(&rt).models().await?;
     Ok(json_response(StatusCode::OK, body))
 }

@@ -4,7 +4,8 @@
 //! text across deltas); before the finishing chunk the plugins flush what they carried. The
 //! usage chunk the gateway asked for is read for `on-complete` and passed on only if the agent
 //! asked for it. If the upstream cuts the stream, or a plugin fails closed mid-way, the agent gets
-//! an error event and never a `[DONE]`, so a truncated answer cannot pass as complete.
+//! an error event and never a `[DONE]`, so a truncated answer cannot pass as complete. With sync
+//! audit durability the `[DONE]` is held back until the call's event is committed.
 
 use std::sync::Arc;
 
@@ -15,9 +16,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::Draft;
+use crate::app::Gateway;
+use crate::config::Durability;
 use crate::error::CallError;
 use crate::plugins::CallSession;
-use crate::plugins::bindings::{Call, Completion, Usage};
+use crate::plugins::bindings::{Call, Completion};
 use crate::providers::sse::SseReader;
 use crate::wire::GatewayBody;
 use crate::wire::errors::openai_error_json;
@@ -31,9 +34,9 @@ pub struct Relay {
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
-pub fn start(relay: Relay, upstream: Incoming) -> GatewayBody {
+pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: Incoming) -> GatewayBody {
     let (tx, body) = GatewayBody::channel(32);
-    tokio::spawn(run(relay, upstream, tx));
+    tokio::spawn(run(gw, relay, upstream, tx));
     body
 }
 
@@ -50,15 +53,9 @@ enum End {
     Failed(CallError),
 }
 
-async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
+async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
     let provider = r.draft.event.provider.clone().unwrap_or_default();
-    let mut usage = Usage {
-        input_tokens: 0,
-        output_tokens: 0,
-        cached_tokens: 0,
-        cost: 0,
-        served_by: String::new(),
-    };
+    let mut usage = super::empty_usage();
     let mut text_call = r.call.clone();
     // `on-text` gets the call without its body: the instance saw the body in `on-request`.
     text_call.body.clear();
@@ -90,9 +87,7 @@ async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
                 {
                     break 'relay e;
                 }
-                if tx.send(event("[DONE]")).await.is_err() {
-                    break 'relay End::ClientGone;
-                }
+                // `[DONE]` is sent after the audit below, so sync durability can hold it back.
                 break 'relay End::Done;
             }
             let mut chunk: Value = match serde_json::from_str(&data) {
@@ -166,12 +161,15 @@ async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
             (e.status(), Some(e), true)
         }
     };
+    let sync = gw.audit.settings().durability == Durability::Sync;
+    if matches!(end, End::Done) && !sync {
+        let _ = tx.send(event("[DONE]")).await;
+    }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
         usage.output_tokens = u32::try_from(out_chars.div_ceil(4)).unwrap_or(u32::MAX);
         usage.input_tokens = r.call.input_tokens;
     }
-    drop(tx);
     let completion = Completion {
         status,
         error_code: error.map(|e| e.code().to_string()),
@@ -179,10 +177,20 @@ async fn run(mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
     };
     r.session.on_complete(&r.call, &usage, &completion).await;
     r.draft.event.truncated = truncated;
-    r.draft.event.input_tokens = usage.input_tokens;
-    r.draft.event.output_tokens = usage.output_tokens;
-    r.draft.record(Some(&mut r.session), status, error);
+    r.draft.event.input_tokens = i64::from(usage.input_tokens);
+    r.draft.event.output_tokens = i64::from(usage.output_tokens);
+    let recorded = r
+        .draft
+        .record(&gw, Some(&mut r.session), status, error)
+        .await;
     r.session.finish();
+    if matches!(end, End::Done) && sync {
+        let last = match recorded {
+            Ok(()) => event("[DONE]"),
+            Err(e) => event(&openai_error_json(&e, &r.request_id).to_string()),
+        };
+        let _ = tx.send(last).await;
+    }
 }
 
 fn cut(provider: &str, message: &str) -> CallError {

@@ -21,4 +21,4 @@ pub mod reload;
 
 pub use chain::{CallSession, Chain, PluginNote, RequestDecision};
 pub use host::HostServices;
-pub use reload::{Overrides, Policy, ReloadError, ReloadStatus, Runtime};
+pub use reload::{Overrides, Policy, ReloadError, ReloadStatus, Runtime, WatchHandle};

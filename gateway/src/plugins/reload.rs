@@ -1,4 +1,4 @@
-//! Loading the whole policy (config, agents, plugin chain) and hot reload.
+//! Loading the whole policy (config and plugin chain) and hot reload.
 //!
 //! A reload reads `palisade.toml` and every plugin file, compiles what changed (unchanged bytes
 //! reuse the compiled component), instantiates each plugin and runs its `init` with its config,
@@ -6,6 +6,8 @@
 //! atomic store; calls in flight keep the `Arc<Runtime>` they started with. A bad file leaves the
 //! old runtime serving, is logged, and shows in `/admin/status`.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -19,13 +21,11 @@ use super::engine::{EngineLimits, PluginEngine};
 use super::host::HostServices;
 use super::loaded::{self, Compiled, LoadError, LoadedPlugin};
 use crate::config::{ConfigError, Settings};
-use crate::registry::Registry;
 
 /// Everything a call needs from the policy, swapped whole.
 pub struct Runtime {
     pub settings: Arc<Settings>,
     pub chain: Arc<Chain>,
-    pub registry: Arc<Registry>,
     /// Hash of the config text and plugin bytes; equal means nothing to reload.
     fingerprint: String,
 }
@@ -74,6 +74,8 @@ pub struct Policy {
     status: Mutex<ReloadStatus>,
     config_path: PathBuf,
     reloading: tokio::sync::Mutex<()>,
+    /// Every reload that changed something or failed, for followers (registry sync, audit).
+    events: tokio::sync::watch::Sender<ReloadStatus>,
 }
 
 fn fingerprint(config_text: &str, digests: &[String]) -> String {
@@ -101,19 +103,21 @@ impl Policy {
         })?;
         let runtime = build(&engine, &services, &slots, None, settings, &text).await?;
         let now = SystemTime::now();
+        let status = ReloadStatus {
+            generation: 1,
+            loaded_at: now,
+            last_attempt_at: now,
+            last_ok: true,
+            last_error: None,
+        };
         Ok(Arc::new(Policy {
+            events: tokio::sync::watch::Sender::new(status.clone()),
             overrides,
             engine,
             services,
             slots,
             current: ArcSwap::from_pointee(runtime),
-            status: Mutex::new(ReloadStatus {
-                generation: 1,
-                loaded_at: now,
-                last_attempt_at: now,
-                last_ok: true,
-                last_error: None,
-            }),
+            status: Mutex::new(status),
             config_path: config_path.to_path_buf(),
             reloading: tokio::sync::Mutex::new(()),
         }))
@@ -131,6 +135,11 @@ impl Policy {
             .clone()
     }
 
+    /// Follow reloads: the receiver sees each reload that swapped or failed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<ReloadStatus> {
+        self.events.subscribe()
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
@@ -143,7 +152,18 @@ impl Policy {
     pub async fn reload(&self) -> Result<bool, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.try_reload().await;
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            self.note_attempt(&mut status, &result);
+            status.clone()
+        };
+        if !matches!(result, Ok(false)) {
+            self.events.send_replace(snapshot);
+        }
+        result
+    }
+
+    fn note_attempt(&self, status: &mut ReloadStatus, result: &Result<bool, ReloadError>) {
         status.last_attempt_at = SystemTime::now();
         match &result {
             Ok(true) => {
@@ -161,7 +181,6 @@ impl Policy {
                 tracing::error!("reload failed, the previous policy keeps running: {e}");
             }
         }
-        result
     }
 
     async fn try_reload(&self) -> Result<bool, ReloadError> {
@@ -201,9 +220,10 @@ impl Policy {
         Ok(true)
     }
 
-    /// Files whose change should trigger a reload: the config and every plugin.
-    fn watched_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::iter::once(self.config_path.clone())
+    /// Files whose change should trigger a reload: the config and every plugin, as (folder,
+    /// file name) with the folder canonical, the way notify reports paths under a watched folder.
+    fn watched_files(&self) -> HashSet<(PathBuf, OsString)> {
+        std::iter::once(self.config_path.clone())
             .chain(
                 self.current()
                     .settings
@@ -211,35 +231,48 @@ impl Policy {
                     .iter()
                     .map(|p| p.path.clone()),
             )
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    d
-                }
+            .filter_map(|p| {
+                let name = p.file_name()?.to_os_string();
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Some((dir.canonicalize().ok()?, name))
             })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
+            .collect()
     }
 
-    /// Watch the config's and plugins' folders and reload on change (debounced). Editors and
-    /// deployers replace files by rename, so folders are watched, not files.
-    pub fn watch(self: &Arc<Self>) -> Result<notify::RecommendedWatcher, notify::Error> {
+    /// Watch the config's and plugins' folders and reload when one of those files changes
+    /// (debounced). Editors and deployers replace files by rename, so folders are watched, and
+    /// events for other files there (a database beside the config, editor swap files) are
+    /// ignored. Folders of plugins added by a reload are watched from then on.
+    pub fn watch(self: &Arc<Self>) -> Result<WatchHandle, notify::Error> {
+        let files = Arc::new(std::sync::RwLock::new(self.watched_files()));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let seen = files.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev
-                && !matches!(ev.kind, notify::EventKind::Access(_))
-            {
+            let Ok(ev) = ev else { return };
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let files = seen.read().unwrap_or_else(|p| p.into_inner());
+            let relevant = ev.paths.iter().any(|p| match (p.parent(), p.file_name()) {
+                (Some(d), Some(n)) => files.contains(&(d.to_path_buf(), n.to_os_string())),
+                _ => false,
+            });
+            if relevant {
                 let _ = tx.send(());
             }
         })?;
-        for dir in self.watched_dirs() {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        for (dir, _) in files.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if dirs.insert(dir.clone()) {
+                watcher.watch(dir, RecursiveMode::NonRecursive)?;
+            }
         }
+        let watcher = Arc::new(Mutex::new(watcher));
         let policy = Arc::downgrade(self);
+        let w = watcher.clone();
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Coalesce a burst of events (write, rename, chmod) into one reload.
@@ -253,11 +286,27 @@ impl Policy {
                 let Some(policy) = policy.upgrade() else {
                     return;
                 };
-                let _ = policy.reload().await;
+                if let Ok(true) = policy.reload().await {
+                    let now = policy.watched_files();
+                    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                    for (dir, _) in &now {
+                        if dirs.insert(dir.clone())
+                            && let Err(e) = w.watch(dir, RecursiveMode::NonRecursive)
+                        {
+                            tracing::warn!(dir = %dir.display(), "cannot watch plugin folder: {e}");
+                        }
+                    }
+                    *files.write().unwrap_or_else(|p| p.into_inner()) = now;
+                }
             }
         });
-        Ok(watcher)
+        Ok(WatchHandle { _watcher: watcher })
     }
+}
+
+/// Keeps the file watcher alive; dropping it stops watching.
+pub struct WatchHandle {
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
 }
 
 async fn build(
@@ -297,7 +346,6 @@ async fn build(
         plugins.push(Arc::new(plugin));
     }
     Ok(Runtime {
-        registry: Arc::new(Registry::from_settings(&settings.agents)),
         chain: Arc::new(Chain::new(plugins)),
         fingerprint: fingerprint(text, &digests),
         settings: Arc::new(settings),

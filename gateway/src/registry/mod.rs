@@ -1,10 +1,23 @@
-//! The agent registry: who may call, found by the hash of their key. For now agents come from
-//! `palisade.toml`; keys are compared only as SHA-256 hashes and never logged.
+//! The agent registry: who may call. Agents and their keys live in the store; agents declared
+//! in `palisade.toml` are synced into it at start and on every reload (GitOps), the rest are
+//! managed through the admin API.
+//!
+//! Keys are looked up by their SHA-256 only, with a short-lived cache in front of the store so a
+//! call does not pay a database round trip. Changes made through this gateway clear the cache at
+//! once; changes made through another replica are seen within [`CACHE_TTL`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use crate::config::{AgentSettings, hash_key};
+use palisade_store::{ConfigAgent, KeyAuth, NewAgent, Store, StoreError, SyncReport};
+
+use crate::config::AgentSettings;
+use crate::error::CallError;
+
+/// How long a key lookup is trusted before the store is asked again.
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
+const CACHE_MAX: usize = 50_000;
 
 /// A registered agent, as the plugins' `call.agent` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -16,39 +29,102 @@ pub struct Agent {
     pub labels: Vec<(String, String)>,
 }
 
-#[derive(Default)]
+impl From<&palisade_store::Agent> for Agent {
+    fn from(a: &palisade_store::Agent) -> Self {
+        Agent {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            owner: a.owner.clone(),
+            team: a.team.clone(),
+            labels: a
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+type Cached = (Instant, Option<KeyAuth>);
+
 pub struct Registry {
-    by_key: HashMap<[u8; 32], Arc<Agent>>,
+    store: Store,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Registry {
-    pub fn from_settings(agents: &[AgentSettings]) -> Registry {
-        let by_key = agents
+    pub fn new(store: Store) -> Registry {
+        Registry {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forget cached lookups (after a change to agents or keys).
+    pub fn invalidate(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The active agent holding this key, or why not.
+    pub async fn authenticate(
+        &self,
+        key: &str,
+    ) -> Result<(std::sync::Arc<Agent>, String), CallError> {
+        let hash = palisade_store::hash_secret(key);
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(&hash)
+                .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+                .map(|(_, a)| a.clone())
+        };
+        let auth = match cached {
+            Some(a) => a,
+            None => {
+                let found =
+                    self.store.authenticate(key).await.map_err(|e| {
+                        CallError::Internal(format!("agent registry unavailable: {e}"))
+                    })?;
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hash, (Instant::now(), found.clone()));
+                found
+            }
+        };
+        match auth {
+            None => Err(CallError::Unauthorized("unknown or revoked agent key")),
+            Some(a) if !a.is_active() => Err(CallError::Unauthorized("agent is suspended")),
+            Some(a) => Ok((
+                std::sync::Arc::new(Agent::from(&a.agent)),
+                a.agent.id.clone(),
+            )),
+        }
+    }
+
+    /// Make the store's config-declared agents match the config.
+    pub async fn sync_config(&self, agents: &[AgentSettings]) -> Result<SyncReport, StoreError> {
+        let declared: Vec<ConfigAgent> = agents
             .iter()
-            .map(|a| {
-                let agent = Agent {
+            .map(|a| ConfigAgent {
+                agent: NewAgent {
                     id: a.id.clone(),
                     name: a.name.clone(),
                     owner: a.owner.clone(),
                     team: a.team.clone(),
-                    labels: a.labels.clone(),
-                };
-                (a.key_sha256, Arc::new(agent))
+                    description: a.description.clone(),
+                    purpose: a.purpose.clone(),
+                    labels: a.labels.iter().cloned().collect(),
+                    models: a.models.clone(),
+                    tools: a.tools.clone(),
+                    budgets: a.budgets.clone(),
+                },
+                key_sha256: vec![hex::encode(a.key_sha256)],
             })
             .collect();
-        Registry { by_key }
-    }
-
-    /// The agent holding this key, if any.
-    pub fn authenticate(&self, key: &str) -> Option<Arc<Agent>> {
-        self.by_key.get(&hash_key(key)).cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        let report = self.store.sync_config_agents(&declared).await?;
+        self.invalidate();
+        Ok(report)
     }
 }

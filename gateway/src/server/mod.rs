@@ -13,7 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::call::{self, Gateway};
+use crate::app::Gateway;
+use crate::call;
 use crate::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::errors::{json_response, openai_error};
@@ -54,7 +55,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
-async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBody> {
     let request_id: Arc<str> = Arc::from(call::new_id("req"));
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -66,12 +67,20 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
             Ok(r) => r,
             Err(e) => openai_error(&e, &request_id),
         },
-        (&Method::GET, "/admin/status") => match admin::status(gw, &parts) {
-            Ok(r) => r,
-            Err(e) => openai_error(&e, &request_id),
-        },
         (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
-        (_, "/v1/chat/completions" | "/v1/models" | "/admin/status" | "/health") => {
+        (_, p) if p == "/admin/status" || p.starts_with("/admin/api/") => {
+            match admin::route(gw, &parts, body).await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => openai_error(&e, &request_id),
+                None => openai_error(
+                    &CallError::NotFound {
+                        message: format!("no endpoint at {path}"),
+                    },
+                    &request_id,
+                ),
+            }
+        }
+        (_, "/v1/chat/completions" | "/v1/models" | "/health") => {
             let e = CallError::MethodNotAllowed {
                 method: parts.method.to_string(),
                 path,

@@ -14,6 +14,9 @@ fn openai_type(e: &CallError) -> &'static str {
         | CallError::NotFound { .. }
         | CallError::MethodNotAllowed { .. } => "invalid_request_error",
         CallError::Unauthorized(_) => "authentication_error",
+        CallError::Forbidden(_) => "permission_error",
+        CallError::Conflict(_) => "invalid_request_error",
+        CallError::AuditUnavailable => "server_error",
         CallError::Denied { status: 429, .. } => "rate_limit_error",
         CallError::Denied { .. } | CallError::ApprovalRequired { .. } => "permission_error",
         CallError::PluginFailed { .. } | CallError::Internal(_) => "server_error",

@@ -1,5 +1,6 @@
 //! Test harness: a real gateway on a loopback port, in this process, with real compiled plugin
-//! components (from `make plugins`), in front of the in-process mock upstream.
+//! components (from `make plugins`), in front of the in-process mock upstream, on a real SQLite
+//! file or a fresh PostgreSQL schema.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -11,12 +12,37 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade::call::Gateway;
-use palisade::plugins::{HostServices, Overrides, Policy};
+use palisade::app::Gateway;
+use palisade::plugins::Overrides;
 use serde_json::{Value, json};
 
 pub const SUPPORT_KEY: &str = "pk-test-support";
 pub const RESEARCH_KEY: &str = "pk-test-research";
+pub const ADMIN_TOKEN: &str = "ut-test-admin-token-0123456789";
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Which database a test gateway uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A database URL for a fresh, isolated store: a file in `dir`, or a new PostgreSQL schema.
+pub async fn database_url(db: Db, dir: &Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", dir.join("palisade.db").display()),
+        Db::Postgres => {
+            let schema = format!("t_{:016x}", rand::random::<u64>());
+            palisade_store::Store::connect_pg_schema(PG_URL, &schema)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {PG_URL} is needed for this test: {e}"))
+                .close()
+                .await;
+            format!("{PG_URL}?options=-c%20search_path%3D{schema}")
+        }
+    }
+}
 
 /// A built plugin from `dist/plugins`.
 pub fn dist_plugin(name: &str) -> PathBuf {
@@ -48,16 +74,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename into place");
 }
 
-pub struct TestGateway {
-    pub addr: std::net::SocketAddr,
-    pub mock: mock_upstream::MockState,
-    pub dir: PathBuf,
-    pub policy: Arc<Policy>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    server: tokio::task::JoinHandle<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
-}
-
 pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
@@ -85,10 +101,12 @@ impl Reply {
     }
 }
 
-/// The config a test gateway runs: two agents plus the given `[[plugins]]` tables.
-pub fn config_text(dir: &Path, plugins_toml: &str) -> String {
+/// The config a test gateway runs: a database, two agents plus the given `[[plugins]]` tables.
+pub fn config_text(dir: &Path, database: &str, plugins_toml: &str) -> String {
     format!(
         r#"
+database = "{database}"
+
 [upstream]
 name = "mock"
 base_url = "http://127.0.0.1:1"
@@ -105,6 +123,8 @@ max_instances = 200
 id = "support-bot"
 owner = "alice@example.com"
 team = "support"
+purpose = "answers customers, politely"
+models = ["gpt-4o-mini"]
 key = "{SUPPORT_KEY}"
 
 [[agents]]
@@ -123,39 +143,70 @@ pub fn chat_body(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
 
+pub struct TestGateway {
+    pub addr: std::net::SocketAddr,
+    pub mock: mock_upstream::MockState,
+    pub dir: PathBuf,
+    pub gw: Arc<Gateway>,
+    pub database: String,
+    /// Extra config text appended after the plugins (e.g. `[audit]`).
+    pub extra: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    server: tokio::task::JoinHandle<()>,
+    _watcher: Option<palisade::plugins::WatchHandle>,
+}
+
 impl TestGateway {
-    /// Copy these dist plugins into a fresh folder (as `<name>.wasm`) and start a gateway whose
-    /// config lists `plugins_toml` (paths relative to that folder).
+    /// Copy these dist plugins into a fresh folder (as `<name>.wasm`) and start a gateway on
+    /// SQLite whose config lists `plugins_toml` (paths relative to that folder).
     pub async fn start(plugins: &[&str], plugins_toml: &str) -> TestGateway {
-        Self::start_with(plugins, plugins_toml, false).await
+        Self::start_full(Db::Sqlite, plugins, plugins_toml, false, "").await
     }
 
     pub async fn start_with(plugins: &[&str], plugins_toml: &str, watch: bool) -> TestGateway {
+        Self::start_full(Db::Sqlite, plugins, plugins_toml, watch, "").await
+    }
+
+    /// Full control: database, plugins, file watching, extra config text.
+    pub async fn start_full(
+        db: Db,
+        plugins: &[&str],
+        plugins_toml: &str,
+        watch: bool,
+        extra: &str,
+    ) -> TestGateway {
         let dir = temp_dir("gw");
+        let database = database_url(db, &dir).await;
         for p in plugins {
             std::fs::copy(dist_plugin(p), dir.join(format!("{p}.wasm"))).expect("copy plugin");
         }
         let config = dir.join("palisade.toml");
-        std::fs::write(&config, config_text(&dir, plugins_toml)).expect("write config");
+        let text = format!("{}\n{extra}", config_text(&dir, &database, plugins_toml));
+        std::fs::write(&config, text).expect("write config");
         let mock_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let (mock_addr, mock) = mock_upstream::spawn(mock_listener);
         let overrides = Overrides {
             upstream_url: Some(format!("http://{mock_addr}")),
         };
-        let policy = Policy::start(&config, Arc::new(HostServices::default()), overrides)
+        let gw = Gateway::start(&config, overrides)
             .await
             .expect("gateway starts");
-        let watcher = watch.then(|| policy.watch().expect("watch"));
+        gw.store
+            .ensure_admin("admin", ADMIN_TOKEN)
+            .await
+            .expect("first admin");
+        let watcher = watch.then(|| gw.policy.watch().expect("watch"));
         let (listener, addr) = palisade::server::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind");
-        let gw = Arc::new(Gateway::new(policy.clone()));
-        let server = tokio::spawn(palisade::server::serve(listener, gw));
+        let server = tokio::spawn(palisade::server::serve(listener, gw.clone()));
         TestGateway {
             addr,
             mock,
             dir,
-            policy,
+            gw,
+            database,
+            extra: extra.to_string(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             server,
             _watcher: watcher,
@@ -168,10 +219,12 @@ impl TestGateway {
 
     /// Replace the config's plugin tables (atomically).
     pub fn rewrite_config(&self, plugins_toml: &str) {
-        write_atomic(
-            &self.config_path(),
-            config_text(&self.dir, plugins_toml).as_bytes(),
+        let text = format!(
+            "{}\n{}",
+            config_text(&self.dir, &self.database, plugins_toml),
+            self.extra
         );
+        write_atomic(&self.config_path(), text.as_bytes());
     }
 
     pub async fn request(
@@ -242,20 +295,30 @@ impl TestGateway {
         (status, events)
     }
 
-    pub async fn status(&self) -> Value {
-        let (_, _, bytes) = self
-            .request("GET", "/admin/status", None, Bytes::new())
-            .await;
-        serde_json::from_slice(&bytes).expect("status JSON")
+    /// An admin API call with a user token; status and the JSON answer.
+    pub async fn admin(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        let (s, _, b) = self.request(method, path, Some(token), body).await;
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
-    /// Wait (bounded) until the reload generation passes `generation` or a reload fails.
+    pub async fn status(&self) -> Value {
+        self.admin("GET", "/admin/status", ADMIN_TOKEN, Value::Null)
+            .await
+            .1
+    }
+
+    /// Wait (bounded) until a reload attempt after `after_attempt` has happened.
     pub async fn wait_reload(
         &self,
         after_attempt: std::time::SystemTime,
     ) -> palisade::plugins::ReloadStatus {
         for _ in 0..200 {
-            let st = self.policy.status();
+            let st = self.gw.policy.status();
             if st.last_attempt_at > after_attempt {
                 return st;
             }

@@ -1,0 +1,78 @@
+//! `GET /admin/status`: the loaded chain (each plugin with its sha256 and hooks), the policy
+//! version, the last reload's time and result, and the audit sink's health.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use http::request::Parts;
+use serde_json::json;
+
+use super::{auth, ok_json};
+use crate::app::Gateway;
+use crate::error::CallError;
+use crate::plugins::bindings::Hooks;
+use crate::wire::GatewayBody;
+
+fn hook_names(h: Hooks) -> Vec<&'static str> {
+    [
+        (Hooks::ON_REQUEST, "on-request"),
+        (Hooks::ON_RESPONSE, "on-response"),
+        (Hooks::ON_TEXT, "on-text"),
+        (Hooks::ON_COMPLETE, "on-complete"),
+        (Hooks::FILTER_TOOLS, "filter-tools"),
+    ]
+    .into_iter()
+    .filter(|(f, _)| h.contains(*f))
+    .map(|(_, n)| n)
+    .collect()
+}
+
+fn secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn status(
+    gw: &Arc<Gateway>,
+    parts: &Parts,
+) -> Result<http::Response<GatewayBody>, CallError> {
+    auth::require(gw, parts, auth::ANY).await?;
+    let rt = gw.policy.current();
+    let st = gw.policy.status();
+    let plugins: Vec<_> = rt
+        .chain
+        .plugins
+        .iter()
+        .map(|p| {
+            json!({
+                "name": &*p.name,
+                "path": p.settings.path.display().to_string(),
+                "sha256": p.sha256,
+                "hooks": hook_names(p.hooks),
+                "instances": p.settings.instances,
+                "on_error": p.settings.on_error,
+                "deadline_ms": p.settings.deadline.as_millis() as u64,
+                "memory_mb": p.settings.memory_bytes >> 20,
+            })
+        })
+        .collect();
+    let body = json!({
+        "policy_version": rt.chain.version,
+        "plugins": plugins,
+        "upstream": rt.settings.upstream.name,
+        "database": gw.store.backend_name(),
+        "audit": {
+            "healthy": gw.audit.is_healthy(),
+            "durability": rt.settings.audit.durability,
+        },
+        "reload": {
+            "generation": st.generation,
+            "loaded_at": secs(st.loaded_at),
+            "last_attempt_at": secs(st.last_attempt_at),
+            "last_ok": st.last_ok,
+            "last_error": st.last_error,
+        },
+    });
+    ok_json(StatusCode::OK, &body)
+}

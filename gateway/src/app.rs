@@ -1,0 +1,142 @@
+//! The assembled gateway: policy (config and plugin chain), store, agent registry, audit sink
+//! and upstream client, started in the order each needs the one before, plus the follower that
+//! keeps the store in step with reloads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use palisade_store::{NewAuditEvent, Store};
+
+use crate::audit::AuditSink;
+use crate::plugins::{HostServices, Overrides, Policy, ReloadError, Runtime};
+use crate::providers::Upstream;
+use crate::registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Policy(#[from] ReloadError),
+    #[error("cannot open the database {url}: {source}")]
+    Store {
+        url: String,
+        source: palisade_store::StoreError,
+    },
+    #[error("cannot sync agents from the config into the store: {0}")]
+    Sync(palisade_store::StoreError),
+    #[error("cannot create the first admin from ${var}: {source}")]
+    Bootstrap {
+        var: String,
+        source: palisade_store::StoreError,
+    },
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    pub policy: Arc<Policy>,
+    pub store: Store,
+    pub registry: Registry,
+    pub audit: AuditSink,
+    upstream: ArcSwap<Upstream>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    palisade_store::time::now_ms()
+}
+
+impl Gateway {
+    /// Load the config and plugins, open the store, create the first admin (from the env var the
+    /// config names, if set), sync config agents, start the audit writer.
+    pub async fn start(config: &Path, overrides: Overrides) -> Result<Arc<Gateway>, StartError> {
+        let policy = Policy::start(config, Arc::new(HostServices::default()), overrides).await?;
+        let rt = policy.current();
+        let url = rt.settings.database.clone();
+        let store = Store::connect(&url)
+            .await
+            .map_err(|source| StartError::Store { url, source })?;
+        let var = rt.settings.admin_bootstrap_env.clone();
+        if let Ok(token) = std::env::var(&var)
+            && !token.is_empty()
+        {
+            store
+                .ensure_admin("admin", &token)
+                .await
+                .map_err(|source| StartError::Bootstrap { var, source })?;
+        }
+        let registry = Registry::new(store.clone());
+        let report = registry
+            .sync_config(&rt.settings.agents)
+            .await
+            .map_err(StartError::Sync)?;
+        tracing::info!(
+            created = report.created.len(),
+            updated = report.updated.len(),
+            suspended = report.suspended.len(),
+            "config agents synced"
+        );
+        let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
+        let gw = Arc::new(Gateway {
+            upstream: ArcSwap::from_pointee(Upstream::new(rt.settings.upstream.clone())),
+            policy,
+            store,
+            registry,
+            audit,
+        });
+        tokio::spawn(follow_reloads(Arc::downgrade(&gw)));
+        Ok(gw)
+    }
+
+    /// The upstream client for the runtime's settings, rebuilt only when they changed.
+    pub fn upstream(&self, rt: &Runtime) -> Arc<Upstream> {
+        let current = self.upstream.load_full();
+        if current.settings == rt.settings.upstream {
+            return current;
+        }
+        let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
+        self.upstream.store(fresh.clone());
+        fresh
+    }
+
+    /// Record an admin action (who did what to which resource).
+    pub async fn audit_admin(&self, actor: &str, action: &str, target: &str, status: u16) {
+        let rt = self.policy.current();
+        let event = NewAuditEvent {
+            time_ms: now_ms(),
+            request_id: crate::call::new_id("req"),
+            owner: Some(actor.to_string()),
+            kind: "admin".into(),
+            target: format!("{action} {target}"),
+            policy_version: rt.chain.version.clone(),
+            status: i64::from(status),
+            verdicts: serde_json::Value::Array(Vec::new()),
+            ..Default::default()
+        };
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!("admin action '{action} {target}' by {actor} not audited: {e}");
+        }
+    }
+}
+
+/// After each reload: sync config agents into the store and audit the reload.
+async fn follow_reloads(gw: std::sync::Weak<Gateway>) {
+    let Some(mut rx) = gw.upgrade().map(|g| g.policy.subscribe()) else {
+        return;
+    };
+    while rx.changed().await.is_ok() {
+        let status = rx.borrow_and_update().clone();
+        let Some(gw) = gw.upgrade() else { return };
+        if status.last_ok {
+            let rt = gw.policy.current();
+            if let Err(e) = gw.registry.sync_config(&rt.settings.agents).await {
+                tracing::error!("agents from the reloaded config not synced: {e}");
+            }
+            gw.audit_admin("palisade", "policy.reloaded", &rt.chain.version, 200)
+                .await;
+        } else {
+            let what = status.last_error.unwrap_or_default();
+            gw.audit_admin("palisade", "policy.reload_failed", &what, 500)
+                .await;
+        }
+    }
+}
