@@ -295,6 +295,7 @@ impl Store {
                 .bind(now)
                 .execute(pool)
                 .await
+                .map(|_| ())
         });
         match inserted {
             Ok(_) => self.get_agent(&a.id).await,
@@ -354,7 +355,7 @@ impl Store {
         let select = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
         let now = now_ms();
         on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_exclusive().await?;
             let row: Option<AgentRow> = sqlx::query_as(&select)
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -407,7 +408,11 @@ impl Store {
         let sql = "UPDATE agents SET last_seen_at = $1 \
                    WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)";
         on_pool!(self, |pool| {
-            sqlx::query(sql).bind(at).bind(agent_id).execute(pool).await?;
+            sqlx::query(sql)
+                .bind(at)
+                .bind(agent_id)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
@@ -420,7 +425,8 @@ impl Store {
     /// - a stored config agent that is no longer declared is suspended, never deleted;
     /// - each declared agent's config keys become exactly `key_sha256`: missing hashes are
     ///   added, config keys no longer listed are revoked. API-created keys are left alone, and a
-    ///   config key an admin revoked stays revoked.
+    ///   revoked key stays revoked even if it is listed again (a revoked secret is burnt: declare
+    ///   a new one).
     ///
     /// Duplicate ids, a malformed hash, or a hash that is another agent's key are errors, and
     /// nothing is changed.
@@ -457,7 +463,7 @@ impl Store {
         let now = now_ms();
         let mut report = SyncReport::default();
         on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_exclusive().await?;
             let rows: Vec<AgentRow> = sqlx::query_as(&select).fetch_all(&mut *tx).await?;
             let mut stored: HashMap<String, AgentRow> =
                 rows.into_iter().map(|r| (r.id.clone(), r)).collect();

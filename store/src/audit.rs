@@ -210,7 +210,9 @@ impl Canon {
 impl AuditRow {
     fn from_event(e: &NewAuditEvent) -> Result<AuditRow, StoreError> {
         if e.kind.is_empty() {
-            return Err(StoreError::Invalid("audit event kind must not be empty".into()));
+            return Err(StoreError::Invalid(
+                "audit event kind must not be empty".into(),
+            ));
         }
         let json = |v: Result<String, serde_json::Error>| {
             v.map_err(|e| StoreError::Invalid(format!("audit event JSON: {e}")))
@@ -274,8 +276,9 @@ impl AuditRow {
     }
 
     fn into_record(self) -> Result<AuditRecord, StoreError> {
-        let corrupt =
-            |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("audit row {}: {what}: {e}", self.seq));
+        let corrupt = |what: &str, e: serde_json::Error| {
+            StoreError::Corrupt(format!("audit row {}: {what}: {e}", self.seq))
+        };
         let chain = serde_json::from_str(&self.chain).map_err(|e| corrupt("chain", e))?;
         let verdicts = serde_json::from_str(&self.verdicts).map_err(|e| corrupt("verdicts", e))?;
         Ok(AuditRecord {
@@ -427,7 +430,10 @@ macro_rules! push_filter {
             ("request_id", &f.request_id),
         ] {
             if let Some(v) = value {
-                $qb.push(" AND ").push(column).push(" = ").push_bind(v.clone());
+                $qb.push(" AND ")
+                    .push(column)
+                    .push(" = ")
+                    .push_bind(v.clone());
             }
         }
         if let Some(v) = f.status {
@@ -458,10 +464,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let n = i64::try_from(rows.len())
             .map_err(|_| StoreError::Invalid("too many audit events in one batch".into()))?;
-        let insert = format!(
-            "INSERT INTO audit_events ({}) ",
-            AUDIT_COLUMNS
-        );
+        let insert = format!("INSERT INTO audit_events ({}) ", AUDIT_COLUMNS);
         let end: i64 = on_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             // Locks the head until commit: appenders queue here.
@@ -474,7 +477,7 @@ impl Store {
             let mut prev = head_hash;
             for (seq, row) in (end - n + 1..).zip(rows.iter_mut()) {
                 row.seq = seq;
-                row.prev_hash = prev;
+                row.prev_hash = std::mem::take(&mut prev);
                 row.hash = row.compute_hash();
                 prev.clone_from(&row.hash);
             }

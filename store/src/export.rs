@@ -291,7 +291,10 @@ mod tests {
     #[test]
     fn formats_parse() {
         assert_eq!("CSV".parse::<ExportFormat>().unwrap(), ExportFormat::Csv);
-        assert_eq!("jsonl".parse::<ExportFormat>().unwrap(), ExportFormat::Jsonl);
+        assert_eq!(
+            "jsonl".parse::<ExportFormat>().unwrap(),
+            ExportFormat::Jsonl
+        );
         assert!("xml".parse::<ExportFormat>().is_err());
     }
 }

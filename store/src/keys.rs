@@ -136,6 +136,7 @@ impl Store {
                 .bind(now_ms())
                 .execute(pool)
                 .await
+                .map(|_| ())
         });
         match done {
             Ok(_) => Ok(key),
@@ -164,13 +165,16 @@ impl Store {
                 .bind(now_ms())
                 .execute(pool)
                 .await
+                .map(|_| ())
         });
         match done {
             Ok(_) => self.get_key(&id).await,
             Err(e) if is_fk_violation(&e) => Err(StoreError::not_found("agent", agent_id)),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::conflict("agent", agent_id, "that key is already registered"))
-            }
+            Err(e) if is_unique_violation(&e) => Err(StoreError::conflict(
+                "agent",
+                agent_id,
+                "that key is already registered",
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -195,7 +199,7 @@ impl Store {
             secret,
         };
         on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_exclusive().await?;
             let old: Option<Option<i64>> = sqlx::query_scalar(
                 "SELECT revoked_at FROM agent_keys WHERE id = $1 AND agent_id = $2",
             )
@@ -252,7 +256,10 @@ impl Store {
     pub async fn get_key(&self, key_id: &str) -> Result<KeyInfo, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM agent_keys WHERE id = $1");
         let row: Option<KeyRow> = on_pool!(self, |pool| {
-            sqlx::query_as(&sql).bind(key_id).fetch_optional(pool).await?
+            sqlx::query_as(&sql)
+                .bind(key_id)
+                .fetch_optional(pool)
+                .await?
         });
         row.map(KeyRow::into_info)
             .ok_or_else(|| StoreError::not_found("key", key_id))
@@ -263,8 +270,8 @@ impl Store {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM agent_keys WHERE agent_id = $1 ORDER BY created_at, id"
         );
-        let (exists, rows): (Option<i64>, Vec<KeyRow>) = on_pool!(self, |pool| {
-            let exists = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1")
+        let (exists, rows): (Option<String>, Vec<KeyRow>) = on_pool!(self, |pool| {
+            let exists = sqlx::query_scalar("SELECT id FROM agents WHERE id = $1")
                 .bind(agent_id)
                 .fetch_optional(pool)
                 .await?;
@@ -292,7 +299,10 @@ impl Store {
         );
         let hash = hash_secret(secret);
         let row: Option<AuthRow> = on_pool!(self, |pool| {
-            sqlx::query_as(&sql).bind(&hash).fetch_optional(pool).await?
+            sqlx::query_as(&sql)
+                .bind(&hash)
+                .fetch_optional(pool)
+                .await?
         });
         let Some(row) = row else { return Ok(None) };
         if row.key_revoked_at.is_some_and(|t| t <= now_ms()) {

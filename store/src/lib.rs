@@ -13,14 +13,15 @@
 //! by [`Store::connect`]. Times are `i64` unix milliseconds (UTC) throughout; [`time`] formats
 //! them as RFC 3339 for export.
 //!
-//! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`], and
-//! [`export`] for the CSV and JSONL writers.
+//! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`],
+//! [`ledger`] (the spend counters behind budgets), and [`export`] for the CSV and JSONL writers.
 
 pub mod agents;
 pub mod audit;
 mod error;
 pub mod export;
 pub mod keys;
+pub mod ledger;
 mod secret;
 pub mod time;
 pub mod users;
@@ -41,6 +42,7 @@ pub use audit::{AuditFilter, AuditRecord, BadRow, NewAuditEvent, VerifyReport};
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use keys::{KeyAuth, KeyInfo, NewKey};
+pub use ledger::{Amount, Exceeded, Reservation, Unit, Window};
 pub use secret::hash_secret;
 pub use users::{NewToken, Role, TokenInfo, User};
 
@@ -88,12 +90,23 @@ pub(crate) use on_pool;
 pub(crate) trait BeginWrite {
     type Db: sqlx::Database;
     async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+    /// Begin a write transaction that also excludes every other `begin_exclusive` transaction
+    /// on the database, from any process, until it ends: for read-then-write changes such as a
+    /// config sync that several replicas may run at once. SQLite's write lock already does this;
+    /// PostgreSQL takes a transaction-scoped advisory lock.
+    async fn begin_exclusive(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
 }
+
+/// The advisory lock key that [`BeginWrite::begin_exclusive`] takes on PostgreSQL.
+const REGISTRY_LOCK: i64 = 0x7061_6c69_7361_6465; // "palisade"
 
 impl BeginWrite for SqlitePool {
     type Db = Sqlite;
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.begin_with("BEGIN IMMEDIATE").await
+    }
+    async fn begin_exclusive(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_write().await
     }
 }
 
@@ -101,6 +114,14 @@ impl BeginWrite for PgPool {
     type Db = Postgres;
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.begin().await
+    }
+    async fn begin_exclusive(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(REGISTRY_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 }
 
@@ -135,7 +156,7 @@ impl Store {
     pub async fn connect_pg_schema(url: &str, schema: &str) -> Result<Store, StoreError> {
         if !is_identifier(schema) {
             return Err(StoreError::Invalid(format!(
-                "schema name must be letters, digits and underscores, got {schema:?}"
+                "schema name must be lowercase letters, digits and underscores, got {schema:?}"
             )));
         }
         let options = PgConnectOptions::from_str(url)?;
@@ -199,8 +220,8 @@ impl Store {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63
 }
 
@@ -233,6 +254,7 @@ mod tests {
         assert!(is_identifier("_x"));
         assert!(!is_identifier("1x"));
         assert!(!is_identifier("a-b"));
+        assert!(!is_identifier("Upper"));
         assert!(!is_identifier("a\"; drop"));
         assert!(!is_identifier(""));
     }
@@ -244,6 +266,25 @@ mod tests {
             "mysql://u:***@h/db".to_string()
         );
         assert_eq!(redact_url("mysql://h/db"), "mysql://h/db");
+    }
+
+    fn assert_send<T: Send>(_: T) {}
+
+    /// The store's futures and streams can be spawned.
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn futures_are_send(s: &Store) {
+        assert_send(s.create_agent(NewAgent::default()));
+        assert_send(s.update_agent("a", AgentUpdate::default()));
+        assert_send(s.sync_config_agents(&[]));
+        assert_send(s.authenticate("k"));
+        assert_send(s.rotate_key("a", "k", Duration::ZERO));
+        assert_send(s.ensure_admin("a", "t"));
+        assert_send(s.authenticate_user("t"));
+        assert_send(s.append_audit(&[]));
+        assert_send(s.verify_audit());
+        assert_send(s.audit_stream(AuditFilter::default()));
+        assert_send(s.reserve(&[], Duration::ZERO));
+        assert_send(s.settle(1, 0, 0));
     }
 
     #[tokio::test]

@@ -79,7 +79,10 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, StoreError> {
             return Err(bad());
         }
         for k in 0..3 {
-            millis = millis * 10 + b.get(start + k).filter(|_| start + k < end).map_or(0, |d| i64::from(d - b'0'));
+            millis = millis * 10
+                + b.get(start + k)
+                    .filter(|_| start + k < end)
+                    .map_or(0, |d| i64::from(d - b'0'));
         }
         i = end;
     }
@@ -112,7 +115,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// (year, month, day) of the day `z` days after 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -126,7 +129,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// Days from 1970-01-01 to (year, month, day).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -143,10 +146,19 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(1_772_978_531_123), "2026-03-08T14:02:11.123Z");
-        assert_eq!(format_rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_772_978_531_123),
+            "2026-03-08T14:02:11.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(format_rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_rfc3339_ms(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

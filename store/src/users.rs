@@ -149,8 +149,7 @@ fn sorted_roles(roles: &[Role]) -> Vec<Role> {
 }
 
 fn validate_name(name: &str) -> Result<(), StoreError> {
-    if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control)
-    {
+    if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(format!(
             "user name must be 1 to 128 printable characters, got {name:?}"
         )));
@@ -182,6 +181,7 @@ impl Store {
                 .bind(now_ms())
                 .execute(pool)
                 .await
+                .map(|_| ())
         });
         match done {
             Ok(_) => self.get_user(&id).await,
@@ -275,13 +275,15 @@ impl Store {
     /// Revoke an admin token now (a revoked one stays as it was). NotFound if there is no such
     /// token.
     pub async fn revoke_user_token(&self, token_id: &str) -> Result<(), StoreError> {
-        let found: Option<i64> = on_pool!(self, |pool| {
-            sqlx::query("UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now_ms())
-                .bind(token_id)
-                .execute(pool)
-                .await?;
-            sqlx::query_scalar("SELECT 1 FROM user_tokens WHERE id = $1")
+        let found: Option<String> = on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now_ms())
+            .bind(token_id)
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar("SELECT id FROM user_tokens WHERE id = $1")
                 .bind(token_id)
                 .fetch_optional(pool)
                 .await?
@@ -333,7 +335,7 @@ impl Store {
         let now = now_ms();
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
         let user_id = on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_exclusive().await?;
             let row: Option<UserRow> = sqlx::query_as(&sql)
                 .bind(name)
                 .fetch_optional(&mut *tx)

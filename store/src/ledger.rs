@@ -1,0 +1,367 @@
+//! The spend ledger, shared by every gateway process on the database: counters of micro-USD and
+//! tokens per scope over hour, day, month (calendar, UTC) and total windows.
+//!
+//! A call first reserves what it may spend ([`Store::reserve`]): in one transaction every
+//! amount is checked against its limit, counting what is spent and what other calls hold, and
+//! either all are held or none. When the call ends it settles ([`Store::settle`]), replacing
+//! the hold with the real spend, or releases it ([`Store::release`]). The check and the hold are
+//! one conditional `UPDATE` per counter (`... WHERE spent + reserved + amount <= limit`), so
+//! concurrent reservations, from any number of processes, cannot overspend a limit beyond what
+//! is already held. A reservation that its process never ended (a crash) expires:
+//! [`Store::expire_reservations`] frees it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::{civil_from_days, days_from_civil, now_ms};
+use crate::{BeginWrite, Store, StoreError, on_pool};
+
+/// Amounts and limits are kept below this, so sums in SQL cannot overflow.
+const MAX_AMOUNT: u64 = 1 << 60;
+
+/// What a counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    MicroUsd,
+    Tokens,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::MicroUsd => "micro_usd",
+            Unit::Tokens => "tokens",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Unit, StoreError> {
+        match s {
+            "micro_usd" => Ok(Unit::MicroUsd),
+            "tokens" => Ok(Unit::Tokens),
+            _ => Err(StoreError::Corrupt(format!("unknown ledger unit {s:?}"))),
+        }
+    }
+}
+
+/// The span a counter covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    Hour,
+    Day,
+    /// The calendar month, UTC.
+    Month,
+    /// Since the beginning.
+    Total,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+            Window::Total => "total",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Window, StoreError> {
+        match s {
+            "hour" => Ok(Window::Hour),
+            "day" => Ok(Window::Day),
+            "month" => Ok(Window::Month),
+            "total" => Ok(Window::Total),
+            _ => Err(StoreError::Corrupt(format!("unknown ledger window {s:?}"))),
+        }
+    }
+}
+
+/// Start (unix ms) of the `window` containing `now_ms`; 0 for `Total`.
+pub fn window_start(window: Window, now_ms: i64) -> i64 {
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 86_400_000;
+    match window {
+        Window::Hour => now_ms - now_ms.rem_euclid(HOUR),
+        Window::Day => now_ms - now_ms.rem_euclid(DAY),
+        Window::Month => {
+            let (y, m, _) = civil_from_days(now_ms.div_euclid(DAY));
+            days_from_civil(y, m, 1) * DAY
+        }
+        Window::Total => 0,
+    }
+}
+
+/// One amount to hold against one limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    /// What the counter belongs to, such as `agent:chatbot` or `team:support`.
+    pub scope: String,
+    pub unit: Unit,
+    pub window: Window,
+    pub amount: u64,
+    pub limit: u64,
+}
+
+/// The limit a reservation would have passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exceeded {
+    pub scope: String,
+    pub unit: Unit,
+    pub window: Window,
+    pub spent: u64,
+    pub reserved: u64,
+    pub limit: u64,
+}
+
+/// The outcome of [`Store::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Reservation {
+    /// All amounts are held under this id.
+    Held(i64),
+    /// Nothing is held: this limit would have been passed (the first one found).
+    Exceeded(Exceeded),
+}
+
+/// A counter's key: (scope, unit, window, window start).
+type Key = (String, &'static str, &'static str, i64);
+
+fn clamp(v: u64) -> i64 {
+    // MAX_AMOUNT fits an i64.
+    i64::try_from(v.min(MAX_AMOUNT)).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const ENSURE_COUNTER: &str = "INSERT INTO ledger_counters (scope, unit, window_kind, \
+     window_start, spent, reserved) VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING";
+const HOLD: &str = "UPDATE ledger_counters SET reserved = reserved + $5 \
+     WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4 \
+     AND spent + reserved + $5 <= $6";
+const READ_COUNTER: &str = "SELECT spent, reserved FROM ledger_counters \
+     WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4";
+const UNHOLD: &str = "UPDATE ledger_counters SET \
+     reserved = CASE WHEN reserved > $5 THEN reserved - $5 ELSE 0 END, spent = spent + $6 \
+     WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4";
+const HOLDS: &str = "SELECT scope, unit, window_kind, window_start, amount FROM ledger_holds \
+     WHERE reservation_id = $1 ORDER BY scope, unit, window_kind, window_start";
+
+/// What ending a reservation does with what it held.
+#[derive(Clone, Copy)]
+enum End {
+    Release,
+    Settle { micro_usd: i64, tokens: i64 },
+}
+
+impl Store {
+    /// Hold every amount, or none: see the module doc. The hold lasts until settled, released,
+    /// or `ttl` runs out and [`Store::expire_reservations`] frees it.
+    pub async fn reserve(
+        &self,
+        amounts: &[Amount],
+        ttl: Duration,
+    ) -> Result<Reservation, StoreError> {
+        let now = now_ms();
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        // Counters are locked in one order by every transaction, so two cannot deadlock.
+        let mut holds: Vec<(Key, i64, i64)> = amounts
+            .iter()
+            .map(|a| {
+                let key = (
+                    a.scope.clone(),
+                    a.unit.as_str(),
+                    a.window.as_str(),
+                    window_start(a.window, now),
+                );
+                (key, clamp(a.amount), clamp(a.limit))
+            })
+            .collect();
+        holds.sort_by(|a, b| a.0.cmp(&b.0));
+
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for ((scope, unit, window, start), amount, limit) in &holds {
+                sqlx::query(ENSURE_COUNTER)
+                    .bind(scope)
+                    .bind(*unit)
+                    .bind(*window)
+                    .bind(*start)
+                    .execute(&mut *tx)
+                    .await?;
+                let held = sqlx::query(HOLD)
+                    .bind(scope)
+                    .bind(*unit)
+                    .bind(*window)
+                    .bind(*start)
+                    .bind(*amount)
+                    .bind(*limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if held == 0 {
+                    let (spent, reserved): (i64, i64) = sqlx::query_as(READ_COUNTER)
+                        .bind(scope)
+                        .bind(*unit)
+                        .bind(*window)
+                        .bind(*start)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return Ok(Reservation::Exceeded(Exceeded {
+                        scope: scope.clone(),
+                        unit: Unit::parse(unit)?,
+                        window: Window::parse(window)?,
+                        spent: unsigned(spent),
+                        reserved: unsigned(reserved),
+                        limit: unsigned(*limit),
+                    }));
+                }
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO ledger_reservations (created_at, expires_at) VALUES ($1, $2) \
+                 RETURNING id",
+            )
+            .bind(now)
+            .bind(expires_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            for ((scope, unit, window, start), amount, _) in &holds {
+                sqlx::query(
+                    "INSERT INTO ledger_holds (reservation_id, scope, unit, window_kind, \
+                     window_start, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(id)
+                .bind(scope)
+                .bind(*unit)
+                .bind(*window)
+                .bind(*start)
+                .bind(*amount)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Reservation::Held(id))
+        })
+    }
+
+    /// Replace reservation `id`'s holds with what the call really spent: each counter it held
+    /// gains `micro_usd` or `tokens` by its unit, in the window it was reserved in. NotFound if
+    /// the reservation is not open (settled, released or expired).
+    pub async fn settle(&self, id: i64, micro_usd: u64, tokens: u64) -> Result<(), StoreError> {
+        let end = End::Settle {
+            micro_usd: clamp(micro_usd),
+            tokens: clamp(tokens),
+        };
+        if self.end_reservation(id, end).await? {
+            Ok(())
+        } else {
+            Err(StoreError::not_found("reservation", id.to_string()))
+        }
+    }
+
+    /// Free reservation `id`'s holds without spending. Unknown or ended reservations are
+    /// ignored.
+    pub async fn release(&self, id: i64) -> Result<(), StoreError> {
+        self.end_reservation(id, End::Release).await.map(|_| ())
+    }
+
+    /// Free every reservation whose time ran out; how many there were.
+    pub async fn expire_reservations(&self) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = on_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT id FROM ledger_reservations WHERE expires_at <= $1")
+                .bind(now_ms())
+                .fetch_all(pool)
+                .await?
+        });
+        let mut n = 0;
+        for id in ids {
+            if self.end_reservation(id, End::Release).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Spent so far in the current `window` (held amounts not included).
+    pub async fn spent(&self, scope: &str, unit: Unit, window: Window) -> Result<u64, StoreError> {
+        let start = window_start(window, now_ms());
+        let row: Option<(i64, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(READ_COUNTER)
+                .bind(scope)
+                .bind(unit.as_str())
+                .bind(window.as_str())
+                .bind(start)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map_or(0, |(spent, _)| unsigned(spent)))
+    }
+
+    /// End a reservation; whether it was open.
+    async fn end_reservation(&self, id: i64, end: End) -> Result<bool, StoreError> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // A reservation's holds never change once written.
+            let holds: Vec<(String, String, String, i64, i64)> =
+                sqlx::query_as(HOLDS).bind(id).fetch_all(&mut *tx).await?;
+            // Deleting the reservation claims it (its holds go with it): of two concurrent ends,
+            // the second deletes nothing and changes nothing.
+            let open = sqlx::query("DELETE FROM ledger_reservations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if open == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for (scope, unit, window, start, amount) in &holds {
+                let spend = match end {
+                    End::Release => 0,
+                    End::Settle { micro_usd, tokens } => match Unit::parse(unit)? {
+                        Unit::MicroUsd => micro_usd,
+                        Unit::Tokens => tokens,
+                    },
+                };
+                sqlx::query(UNHOLD)
+                    .bind(scope)
+                    .bind(unit)
+                    .bind(window)
+                    .bind(*start)
+                    .bind(*amount)
+                    .bind(spend)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::parse_rfc3339_ms;
+
+    #[test]
+    fn windows_start_where_the_calendar_says() {
+        let t = parse_rfc3339_ms("2026-03-15T12:34:56.789Z").unwrap();
+        let at = |s: &str| parse_rfc3339_ms(s).unwrap();
+        assert_eq!(window_start(Window::Hour, t), at("2026-03-15T12:00:00Z"));
+        assert_eq!(window_start(Window::Day, t), at("2026-03-15"));
+        assert_eq!(window_start(Window::Month, t), at("2026-03-01"));
+        assert_eq!(window_start(Window::Total, t), 0);
+        assert_eq!(
+            window_start(Window::Month, at("2024-02-29T23:59:59.999Z")),
+            at("2024-02-01")
+        );
+        assert_eq!(
+            window_start(Window::Month, at("2026-01-01")),
+            at("2026-01-01")
+        );
+    }
+}
