@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::app::Gateway;
 use crate::plugins::Overrides;
+use palisade_store::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -32,6 +33,28 @@ struct Client2 {
 }
 
 impl Client2 {
+    async fn get(&self, token: &str, path: &str) -> Result<(u16, String), DemoError> {
+        let req = http::Request::get(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| DemoError::Call(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| DemoError::Call(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| DemoError::Call(e.to_string()))?;
+        Ok((
+            status,
+            String::from_utf8_lossy(&bytes.to_bytes()).into_owned(),
+        ))
+    }
+
     async fn chat(&self, key: &str, body: Value) -> Result<(u16, Value, String), DemoError> {
         let req = http::Request::post(format!("{}/v1/chat/completions", self.base))
             .header("authorization", format!("Bearer {key}"))
@@ -102,7 +125,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
             .join(", ")
     );
     drop(rt);
-    let server = tokio::spawn(crate::server::serve(listener, gw));
+    let server = tokio::spawn(crate::server::serve(listener, gw.clone()));
     let client = Client2 {
         base: format!("http://{addr}"),
         http: Client::builder(TokioExecutor::new()).build_http(),
@@ -158,8 +181,65 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     println!("   HTTP {status}: {msg}");
     expect("unknown key", status == 401, || body.to_string())?;
 
+    say("4. The auditor asks: every agent and its owner, and support-bot's log for today");
+    // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
+    let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
+    let store_err = |e: palisade_store::StoreError| DemoError::Gateway(e.to_string());
+    let auditor = gw
+        .store
+        .create_user(&name, "", &[Role::Auditor])
+        .await
+        .map_err(store_err)?;
+    let token = gw
+        .store
+        .create_user_token(&auditor.id)
+        .await
+        .map_err(store_err)?
+        .secret;
+    let (_, inventory) = client
+        .get(&token, "/admin/api/agents/export?format=csv")
+        .await?;
+    for line in inventory.lines() {
+        let cols: Vec<&str> = line.splitn(5, ',').collect();
+        println!("   {}", cols[..cols.len().min(4)].join(" | "));
+    }
+    // Batched audit writes land within milliseconds; give them a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let today = palisade_store::time::format_rfc3339_ms(crate::app::now_ms())[..10].to_string();
+    let path =
+        format!("/admin/api/audit/export?agent=support-bot&from={today}&to={today}&format=jsonl");
+    let (status, log) = client.get(&token, &path).await?;
+    let rows: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    println!("   support-bot today: {} calls; the last ones:", rows.len());
+    for r in rows.iter().rev().take(3).rev() {
+        println!(
+            "     {} {} -> {} {}",
+            r["time"].as_str().unwrap_or(""),
+            r["target"].as_str().unwrap_or(""),
+            r["status"],
+            r["error_code"].as_str().unwrap_or("")
+        );
+    }
+    let (_, verify) = client.get(&token, "/admin/api/audit/verify").await?;
+    let verify: Value = serde_json::from_str(&verify).unwrap_or(Value::Null);
     println!(
-        "\nEvery call above went through the Wasm plugin chain and left an audit line in the log."
+        "   hash chain: {} rows checked, intact: {}",
+        verify["rows"], verify["ok"]
+    );
+    expect(
+        "audit export",
+        status == 200 && rows.len() >= 2 && verify["ok"] == true,
+        || log.clone(),
+    )?;
+
+    println!(
+        "\nEvery call above went through the Wasm plugin chain and into the hash-chained audit log."
+    );
+    println!(
+        "From a shell: palisade agents export; palisade audit export --agent support-bot --from 2026-03-08 --to 2026-03-15"
     );
     if keep {
         println!("Serving on http://{addr} until Ctrl-C (try: curl http://{addr}/admin/status)");

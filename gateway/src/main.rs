@@ -8,15 +8,22 @@ use palisade::plugins::Overrides;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own story; its log stays quiet unless asked for with RUST_LOG.
+    let default = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve {
             config,
             listen,
@@ -29,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
         } => palisade::demo::run(&config, listen, keep)
             .await
             .map_err(anyhow::Error::from),
+        Command::Init { config, admin } => Ok(palisade::cli::init::run(&config, &admin).await?),
+        Command::Agents { api, command } => Ok(palisade::cli::admin::agents(&api, command).await?),
+        Command::Users { api, command } => Ok(palisade::cli::admin::users(&api, command).await?),
+        Command::Audit { api, command } => Ok(palisade::cli::admin::audit(&api, command).await?),
     }
 }
 

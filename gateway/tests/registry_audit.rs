@@ -575,49 +575,6 @@ async fn failing_audit_log_refuses_calls_and_loses_nothing(db: Db) {
 }
 both_backends!(failing_audit_log_refuses_calls_and_loses_nothing);
 
-/// A real `palisade serve` process, killed when dropped (also when an assertion fails).
-struct Proc {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_gateway(config: &std::path::Path, upstream: &str) -> Proc {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
-        .env("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn palisade");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway started");
-    Proc { child, addr }
-}
-
 async fn sync_durability_survives_sigkill(db: Db) {
     let dir = temp_dir("kill");
     let database = database_url(db, &dir).await;

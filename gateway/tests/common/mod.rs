@@ -177,6 +177,36 @@ impl TestGateway {
     ) -> TestGateway {
         let dir = temp_dir("gw");
         let database = database_url(db, &dir).await;
+        Self::start_at(dir, database, plugins, plugins_toml, watch, extra).await
+    }
+
+    /// Start a gateway on an existing database (a second replica of another test gateway).
+    pub async fn start_on(
+        database: &str,
+        plugins: &[&str],
+        plugins_toml: &str,
+        extra: &str,
+    ) -> TestGateway {
+        let dir = temp_dir("gw");
+        Self::start_at(
+            dir,
+            database.to_string(),
+            plugins,
+            plugins_toml,
+            false,
+            extra,
+        )
+        .await
+    }
+
+    async fn start_at(
+        dir: PathBuf,
+        database: String,
+        plugins: &[&str],
+        plugins_toml: &str,
+        watch: bool,
+        extra: &str,
+    ) -> TestGateway {
         for p in plugins {
             std::fs::copy(dist_plugin(p), dir.join(format!("{p}.wasm"))).expect("copy plugin");
         }
@@ -255,6 +285,37 @@ impl TestGateway {
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         (status, headers, bytes)
+    }
+
+    /// A chat call with extra request headers.
+    pub async fn chat_with(&self, key: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/v1/chat/completions", self.addr))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+        }
     }
 
     pub async fn chat(&self, key: &str, body: &Value) -> Reply {
@@ -346,4 +407,47 @@ pub fn stream_text(events: &[String]) -> String {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// A real `palisade serve` process, killed when dropped (also when an assertion fails).
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_gateway(config: &std::path::Path, upstream: &str) -> Proc {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
+        .env("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn palisade");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway started");
+    Proc { child, addr }
 }
