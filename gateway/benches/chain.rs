@@ -1,7 +1,8 @@
 //! The plugin chain in process: the cost of one call's `on-request` pass through 1 and 5 trivial
 //! plugins (`tests/fixtures/trivial`: instantiate, `init`, one hook, drop), with fresh and pooled
 //! instances, on one thread and on two at once; and through the shipped `model-allow` plugin,
-//! which parses a real config and matches globs.
+//! which parses a real config and matches globs; and through `pii` on 4 KB and 100 KB chat
+//! requests (scan every message, redact with placeholders).
 //!
 //! Run with `make bench` (it builds the plugins first).
 
@@ -76,6 +77,33 @@ fn chain(
     policy.current().chain.clone()
 }
 
+/// A chat call whose user message is about `bytes` long: prose with an e-mail address and a phone
+/// number in every kilobyte (what `pii` redacts), plus dates and order numbers it must leave.
+fn chat_call(bytes: usize) -> Call {
+    let mut text = String::with_capacity(bytes + 200);
+    let mut i = 0;
+    while text.len() < bytes {
+        text.push_str("The customer wrote in about order 48213 on 2024-03-08; please check the shipping status and reply politely. ");
+        if i % 8 == 7 {
+            text.push_str(&format!(
+                "Contact: jane.doe{i}@example.com, +1 415 555 {:04}. ",
+                i % 10000
+            ));
+        }
+        i += 1;
+    }
+    let mut c = call();
+    c.body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful support agent."},
+            {"role": "user", "content": text},
+        ],
+    })
+    .to_string();
+    c
+}
+
 async fn one_call(chain: &Arc<Chain>, template: &Call) {
     let mut call = template.clone();
     let mut session = chain.session(Arc::from("req_bench"));
@@ -107,6 +135,17 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("model-allow/{mode}/1-thread"), |b| {
             b.to_async(&rt).iter(|| one_call(&chain, &template));
         });
+    }
+    // `pii` on realistic chat requests: parse, scan every message, rewrite with placeholders.
+    for (label, bytes) in [("4KB", 4 * 1024), ("100KB", 100 * 1024)] {
+        let template = chat_call(bytes);
+        for pooled in [false, true] {
+            let chain = chain(&rt, "pii", "", 1, pooled);
+            let mode = if pooled { "pooled" } else { "fresh" };
+            group.bench_function(format!("pii/{label}/{mode}/1-thread"), |b| {
+                b.to_async(&rt).iter(|| one_call(&chain, &template));
+            });
+        }
     }
     for plugins in [1usize, 5] {
         for pooled in [false, true] {

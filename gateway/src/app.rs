@@ -38,6 +38,8 @@ pub struct Gateway {
     pub registry: Registry,
     pub audit: AuditSink,
     upstream: ArcSwap<Upstream>,
+    /// The per-process chain key used when `[chain]` configures none.
+    chain_fallback: Vec<u8>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -49,12 +51,23 @@ impl Gateway {
     /// Load the config and plugins, open the store, create the first admin (from the env var the
     /// config names, if set), sync config agents, start the audit writer.
     pub async fn start(config: &Path, overrides: Overrides) -> Result<Arc<Gateway>, StartError> {
-        let policy = Policy::start(config, Arc::new(HostServices::default()), overrides).await?;
+        let services = Arc::new(HostServices::default());
+        let policy = Policy::start(config, services.clone(), overrides).await?;
         let rt = policy.current();
         let url = rt.settings.database.clone();
         let store = Store::connect(&url)
             .await
             .map_err(|source| StartError::Store { url, source })?;
+        // From here the host's ledger is the store's, shared by every replica on it.
+        services.ledger.use_store(store.clone());
+        tokio::spawn(expire_reservations(store.clone()));
+        if rt.settings.chain.key.is_none() {
+            tracing::warn!(
+                "no delegation chain key configured (set $PALISADE_CHAIN_KEY or [chain] key_env): \
+                 using a random per-process key, so other replicas and restarts will refuse this \
+                 process's palisade-chain tokens"
+            );
+        }
         let var = rt.settings.admin_bootstrap_env.clone();
         if let Ok(token) = std::env::var(&var)
             && !token.is_empty()
@@ -82,6 +95,7 @@ impl Gateway {
             store,
             registry,
             audit,
+            chain_fallback: crate::chain::random_key(),
         });
         tokio::spawn(follow_reloads(Arc::downgrade(&gw)));
         Ok(gw)
@@ -96,6 +110,11 @@ impl Gateway {
         let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
         self.upstream.store(fresh.clone());
         fresh
+    }
+
+    /// The keys delegation chain tokens are signed and verified with, for this runtime.
+    pub fn chain_keys(&self, rt: &Runtime) -> crate::chain::Keys {
+        crate::chain::Keys::new(&rt.settings.chain, &self.chain_fallback)
     }
 
     /// Record an admin action (who did what to which resource).
@@ -114,6 +133,22 @@ impl Gateway {
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::error!("admin action '{action} {target}' by {actor} not audited: {e}");
+        }
+    }
+}
+
+/// How often reservations left by a dead replica are looked for.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Free ledger reservations whose TTL ran out (their replica died before ending them).
+async fn expire_reservations(store: Store) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP);
+    loop {
+        tick.tick().await;
+        match store.expire_reservations().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("freed {n} expired ledger reservations"),
+            Err(e) => tracing::warn!("cannot expire ledger reservations: {e}"),
         }
     }
 }

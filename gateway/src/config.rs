@@ -43,6 +43,62 @@ pub struct RawConfig {
     pub agents: Vec<RawAgent>,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    #[serde(default)]
+    pub chain: RawChain,
+    /// Prices per `provider/model` (or bare model), USD per million tokens.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// `[chain]`: the delegation chain token.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawChain {
+    /// Env var holding the signing key (default `PALISADE_CHAIN_KEY`). Named explicitly and
+    /// unset is an error; left default and unset, a random per-process key is used (and
+    /// replicas will not accept each other's tokens).
+    pub key_env: Option<String>,
+    /// Env var holding the previous key, still accepted for verification during a rotation.
+    pub previous_key_env: Option<String>,
+    /// How long a token is accepted after it was issued (default 3600).
+    pub max_age_secs: Option<u64>,
+}
+
+/// One model's price, USD per million tokens.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// Price of cached input tokens (default: the input price).
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+impl Price {
+    /// Micro-USD for this many tokens, rounded up.
+    pub fn cost(&self, input: u64, cached: u64, output: u64) -> u64 {
+        let cached = cached.min(input);
+        // USD per Mtok is exactly micro-USD per token.
+        let micro = (input - cached) as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+            + output as f64 * self.output_per_mtok;
+        if micro.is_finite() && micro > 0.0 {
+            micro.ceil().min(u64::MAX as f64) as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// The resolved `[chain]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSettings {
+    /// `None`: no key configured; the gateway uses its per-process random key.
+    pub key: Option<Vec<u8>>,
+    pub previous_key: Option<Vec<u8>>,
+    pub max_age: Duration,
+    /// Whether `key_env` was named explicitly.
+    pub key_configured: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,6 +195,9 @@ pub struct RawAgent {
     pub tools: Vec<String>,
     #[serde(default)]
     pub budgets: toml::Table,
+    /// Refuse calls without a `palisade-chain` token (agents only ever invoked by others).
+    #[serde(default)]
+    pub require_chain: bool,
     /// The agent's key in clear (demo and tests only).
     pub key: Option<String>,
     /// The hex SHA-256 of the agent's key (what to commit to a repository).
@@ -195,6 +254,8 @@ pub struct Settings {
     pub host: PluginHostSettings,
     pub agents: Vec<AgentSettings>,
     pub plugins: Vec<PluginSettings>,
+    pub chain: ChainSettings,
+    pub prices: BTreeMap<String, Price>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +298,7 @@ pub struct AgentSettings {
     pub models: Vec<String>,
     pub tools: Vec<String>,
     pub budgets: serde_json::Value,
+    pub require_chain: bool,
     pub key_sha256: [u8; 32],
 }
 
@@ -259,6 +321,18 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 }
 
 impl Settings {
+    /// The price of a `provider/model` target (or of the bare model).
+    pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
+        self.prices
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.prices.get(model))
+    }
+
+    /// Whether this agent must call within a delegation chain.
+    pub fn requires_chain(&self, agent: &str) -> bool {
+        self.agents.iter().any(|a| a.id == agent && a.require_chain)
+    }
+
     /// Read and resolve a config file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -363,6 +437,7 @@ impl Settings {
                 models: a.models,
                 tools: a.tools,
                 budgets,
+                require_chain: a.require_chain,
                 id: a.id,
                 owner: a.owner,
                 team: a.team,
@@ -418,7 +493,52 @@ impl Settings {
             queue: raw.audit.queue.unwrap_or(10_000).max(16),
         };
 
+        let chain_key = |var: Option<&String>, default: Option<&str>, what: &str| {
+            let (name, explicit) = match (var, default) {
+                (Some(v), _) => (v.as_str(), true),
+                (None, Some(d)) => (d, false),
+                (None, None) => return Ok(None),
+            };
+            match std::env::var(name) {
+                Ok(k) if k.len() >= 16 => Ok(Some(k.into_bytes())),
+                Ok(_) => Err(invalid(format!(
+                    "{what}: ${name} must hold at least 16 bytes"
+                ))),
+                Err(_) if explicit => Err(invalid(format!(
+                    "{what} names env var {name}, which is not set"
+                ))),
+                Err(_) => Ok(None),
+            }
+        };
+        let chain = ChainSettings {
+            key: chain_key(
+                raw.chain.key_env.as_ref(),
+                Some("PALISADE_CHAIN_KEY"),
+                "chain.key_env",
+            )?,
+            previous_key: chain_key(
+                raw.chain.previous_key_env.as_ref(),
+                None,
+                "chain.previous_key_env",
+            )?,
+            max_age: Duration::from_secs(raw.chain.max_age_secs.unwrap_or(3600).max(1)),
+            key_configured: raw.chain.key_env.is_some(),
+        };
+        for (model, p) in &raw.prices {
+            let ok = |v: f64| v.is_finite() && v >= 0.0;
+            if !ok(p.input_per_mtok)
+                || !ok(p.output_per_mtok)
+                || !p.cached_input_per_mtok.is_none_or(ok)
+            {
+                return Err(invalid(format!(
+                    "prices.\"{model}\": prices must be non-negative numbers"
+                )));
+            }
+        }
+
         Ok(Settings {
+            chain,
+            prices: raw.prices,
             path: path.to_path_buf(),
             database,
             audit,
@@ -465,6 +585,27 @@ mod tests {
         assert_eq!(s.upstream.base_url, "http://a");
         assert_eq!(s.host.deadline, Duration::from_millis(20));
         assert_eq!(s.host.memory_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn prices_and_chain_settings() {
+        let s = Settings::from_toml(
+            Path::new("p.toml"),
+            "[upstream]\nbase_url='http://a'\n[chain]\nmax_age_secs=60\n[prices.\"mock/m\"]\ninput_per_mtok=0.15\noutput_per_mtok=0.6",
+        )
+        .unwrap();
+        assert_eq!(s.chain.max_age, Duration::from_secs(60));
+        let p = s.price("mock", "m").unwrap();
+        // 1000 input tokens at 0.15 $/Mtok = 150 micro-USD; 100 output at 0.6 = 60.
+        assert_eq!(p.cost(1000, 0, 100), 210);
+        assert_eq!(p.cost(1, 0, 0), 1, "rounded up");
+        assert!(s.price("other", "m").is_none());
+        let e = Settings::from_toml(
+            Path::new("p.toml"),
+            "[upstream]\nbase_url='http://a'\n[chain]\nkey_env='PALISADE_TEST_UNSET_VAR_X'",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not set"), "{e}");
     }
 
     #[test]

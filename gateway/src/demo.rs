@@ -56,7 +56,22 @@ impl Client2 {
     }
 
     async fn chat(&self, key: &str, body: Value) -> Result<(u16, Value, String), DemoError> {
-        let req = http::Request::post(format!("{}/v1/chat/completions", self.base))
+        let (s, v, p, _) = self.chat_in_chain(key, body, None).await?;
+        Ok((s, v, p))
+    }
+
+    /// A call made on behalf of a delegation chain; returns the extended chain token too.
+    async fn chat_in_chain(
+        &self,
+        key: &str,
+        body: Value,
+        chain: Option<&str>,
+    ) -> Result<(u16, Value, String, Option<String>), DemoError> {
+        let mut req = http::Request::post(format!("{}/v1/chat/completions", self.base));
+        if let Some(c) = chain {
+            req = req.header("palisade-chain", c);
+        }
+        let req = req
             .header("authorization", format!("Bearer {key}"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
@@ -73,13 +88,18 @@ impl Client2 {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
+        let chain = resp
+            .headers()
+            .get("palisade-chain")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| DemoError::Call(e.to_string()))?;
         let json = serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null);
-        Ok((status, json, provider))
+        Ok((status, json, provider, chain))
     }
 }
 
@@ -181,7 +201,48 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     println!("   HTTP {status}: {msg}");
     expect("unknown key", status == 401, || body.to_string())?;
 
-    say("4. The auditor asks: every agent and its owner, and support-bot's log for today");
+    say(
+        "4. A delegation loop: support-bot asks research-bot asks planner-bot asks support-bot ...",
+    );
+    // Each agent forwards the `palisade-chain` token it got back, as a real agent framework would;
+    // the gateway signs it and appends the authenticated caller at each hop.
+    let ring = [
+        ("support-bot", "pk-demo-support-bot"),
+        ("research-bot", "pk-demo-research-bot"),
+        ("planner-bot", "pk-demo-planner-bot"),
+    ];
+    let mut chain: Option<String> = None;
+    let mut stopped = None;
+    for hop in 0..12 {
+        let (agent, key) = ring[hop % ring.len()];
+        let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hop {hop}: please ask the next agent")}]});
+        let (status, body, _, next) = client.chat_in_chain(key, body, chain.as_deref()).await?;
+        if status != 200 {
+            let msg = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let code = body
+                .pointer("/error/code")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            println!("   hop {hop}: {agent} -> HTTP {status} {code}: {msg}");
+            stopped = Some((hop, code.to_string()));
+            break;
+        }
+        println!("   hop {hop}: {agent} -> HTTP 200");
+        chain = next;
+    }
+    expect(
+        "delegation loop",
+        stopped
+            .as_ref()
+            .is_some_and(|(_, c)| c == "delegation_limit"),
+        || format!("{stopped:?}"),
+    )?;
+    println!("   The loop cost a few calls, not a weekend.");
+
+    say("5. The auditor asks: every agent and its owner, and support-bot's log for today");
     // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
     let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
     let store_err = |e: palisade_store::StoreError| DemoError::Gateway(e.to_string());

@@ -110,6 +110,9 @@ pub enum CallError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// The `palisade-chain` token was refused, or is required and missing.
+    #[error(transparent)]
+    Chain(#[from] crate::chain::ChainError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -124,6 +127,7 @@ impl CallError {
             | CallError::NotFound { .. }
             | CallError::MethodNotAllowed { .. }
             | CallError::Forbidden(_)
+            | CallError::Chain(_)
             | CallError::Conflict(_) => Source::Downstream,
             CallError::Denied { .. }
             | CallError::ApprovalRequired { .. }
@@ -160,6 +164,7 @@ impl CallError {
             CallError::AuditUnavailable => 503,
             CallError::Forbidden(_) => 403,
             CallError::Conflict(_) => 409,
+            CallError::Chain(_) => 400,
             CallError::Internal(_) => 500,
         }
     }
@@ -181,6 +186,7 @@ impl CallError {
             CallError::AuditUnavailable => "audit_unavailable",
             CallError::Forbidden(_) => "forbidden",
             CallError::Conflict(_) => "conflict",
+            CallError::Chain(e) => e.code(),
             CallError::Internal(_) => "internal_error",
         }
     }

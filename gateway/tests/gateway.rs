@@ -388,7 +388,13 @@ fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_swaps_the_chain_with_zero_failed_calls() {
-    let v1 = fixture("stamp", "", "mode = \"rewrite\"\nappend = \" v1\"");
+    // A generous deadline: this test is about reloads, not deadlines, and a loaded CI machine
+    // can delay a hook's thread past 20 ms of wall time.
+    let v1 = fixture(
+        "stamp",
+        "deadline_ms = 1000",
+        "mode = \"rewrite\"\nappend = \" v1\"",
+    );
     let gw = std::sync::Arc::new(TestGateway::start_with(&["fixture"], &v1, true).await);
     let before = gw.status().await;
 
@@ -418,7 +424,7 @@ async fn hot_reload_under_load_swaps_the_chain_with_zero_failed_calls() {
     );
     gw.rewrite_config(&fixture(
         "stamp",
-        "",
+        "deadline_ms = 1000",
         "mode = \"rewrite\"\nappend = \" v2\"",
     ));
     let mut st = gw.wait_reload(t).await;

@@ -234,6 +234,25 @@ impl CallBuilder {
         self.call.agent.labels.push((key.into(), value.into()));
         self
     }
+    /// Set the delegation chain (root first); the caller is set to its last agent.
+    pub fn chain(mut self, agents: &[&str]) -> Self {
+        if let Some(last) = agents.last() {
+            self.call.agent.id = (*last).into();
+            self.call.agent.name = (*last).into();
+        }
+        self.call.chain = agents.iter().map(|a| (*a).to_string()).collect();
+        self
+    }
+    /// Set the run id.
+    pub fn run(mut self, run_id: &str) -> Self {
+        self.call.run_id = run_id.into();
+        self
+    }
+    /// Set the worst-case cost in micro-USD (`call.max-cost`).
+    pub fn max_cost(mut self, micro_usd: u64) -> Self {
+        self.call.max_cost = micro_usd;
+        self
+    }
     /// Replace the body.
     pub fn body(mut self, body: impl Into<String>) -> Self {
         self.call.body = body.into();

@@ -124,6 +124,19 @@ pub enum Reservation {
     Exceeded(Exceeded),
 }
 
+/// One counter, as the spend view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spend {
+    pub scope: String,
+    pub unit: Unit,
+    pub window: Window,
+    pub window_start_ms: i64,
+    /// Settled spend in the window.
+    pub spent: u64,
+    /// Held by reservations of calls in flight.
+    pub reserved: u64,
+}
+
 /// A counter's key: (scope, unit, window, window start).
 type Key = (String, &'static str, &'static str, i64);
 
@@ -298,6 +311,44 @@ impl Store {
                 .await?
         });
         Ok(row.map_or(0, |(spent, _)| unsigned(spent)))
+    }
+
+    /// Every counter of the current `window` whose scope starts with `prefix` (all where
+    /// empty), by scope and unit: the spend view.
+    pub async fn spend(&self, window: Window, prefix: &str) -> Result<Vec<Spend>, StoreError> {
+        let start = window_start(window, now_ms());
+        // `LIKE` with the prefix's own wildcards escaped.
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows: Vec<(String, String, i64, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT scope, unit, spent, reserved FROM ledger_counters \
+                 WHERE window_kind = $1 AND window_start = $2 AND scope LIKE $3 ESCAPE '\\' \
+                 ORDER BY scope, unit LIMIT 10000",
+            )
+            .bind(window.as_str())
+            .bind(start)
+            .bind(&pattern)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(scope, unit, spent, reserved)| {
+                Ok(Spend {
+                    scope,
+                    unit: Unit::parse(&unit)?,
+                    window,
+                    window_start_ms: start,
+                    spent: unsigned(spent),
+                    reserved: unsigned(reserved),
+                })
+            })
+            .collect()
     }
 
     /// End a reservation; whether it was open.

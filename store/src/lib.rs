@@ -42,7 +42,7 @@ pub use audit::{AuditFilter, AuditRecord, BadRow, NewAuditEvent, VerifyReport};
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use keys::{KeyAuth, KeyInfo, NewKey};
-pub use ledger::{Amount, Exceeded, Reservation, Unit, Window};
+pub use ledger::{Amount, Exceeded, Reservation, Spend, Unit, Window};
 pub use secret::hash_secret;
 pub use users::{NewToken, Role, TokenInfo, User};
 

@@ -3,12 +3,15 @@
 //!
 //! 1. **Policy snapshot**: the whole call runs on the runtime (config, agents, chain) current
 //!    when it arrived, even if a reload swaps in another meanwhile.
-//! 2. **Identity**: the agent's key, before reading the body, so unknown callers cost nothing.
+//! 2. **Identity**: the agent's key, before reading the body, so unknown callers cost nothing;
+//!    then the delegation chain (`crate::chain`): the `palisade-chain` token verified and
+//!    extended with the authenticated caller (or a new run), returned on every answer.
 //! 3. **Body**: bounded read, then JSON checked enough for plugins to rely on its shape.
 //! 4. **Plugin chain, request side**: may deny, hold, rewrite or route.
 //! 5. **Upstream**: the (possibly rewritten) request, with the provider's key.
 //! 6. **Plugin chain, response side**: `on-response` for full answers, `on-text` per delta.
-//! 7. **Complete**: usage reaches `on-complete`; unsettled reservations are released.
+//! 7. **Complete**: usage, costed from the `[prices]` table, reaches `on-complete`; unsettled
+//!    reservations are released.
 //! 8. **Audit**: one event, whatever happened.
 
 pub mod request;
@@ -24,7 +27,8 @@ use hyper::body::Incoming;
 use palisade_store::NewAuditEvent;
 
 use crate::app::{Gateway, now_ms};
-use crate::config::Durability;
+use crate::chain::{self, ChainError};
+use crate::config::{Durability, Price};
 use crate::error::CallError;
 use crate::plugins::bindings::{Call, Completion, Usage};
 use crate::plugins::{CallSession, Runtime};
@@ -102,6 +106,7 @@ pub async fn chat_completions(
     let mut draft = Draft::new(&request_id, &rt, "llm-call");
     let mut session: Option<CallSession> = None;
     let mut call: Option<Call> = None;
+    let mut token: Option<String> = None;
     let result = chat_inner(
         gw,
         &rt,
@@ -111,14 +116,19 @@ pub async fn chat_completions(
         &mut draft,
         &mut session,
         &mut call,
+        &mut token,
     )
     .await;
-    let (resp, usage, error) = match result {
+    let (mut resp, usage, error) = match result {
         // The streaming task owns the session and the draft from here.
-        Ok(Reply::Streaming(resp)) => return resp,
+        Ok(Reply::Streaming(mut resp)) => {
+            add_chain(&mut resp, token.as_deref());
+            return resp;
+        }
         Ok(Reply::Done(resp, usage)) => (resp, usage, None),
         Err(e) => (openai_error(&e, &request_id), empty_usage(), Some(e)),
     };
+    add_chain(&mut resp, token.as_deref());
     let status = resp.status().as_u16();
     if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
         let code = error.as_ref().map(|e| e.code().to_string());
@@ -133,6 +143,7 @@ pub async fn chat_completions(
         log_error(&request_id, e);
     }
     draft.event.output_tokens = i64::from(usage.output_tokens);
+    draft.event.cost_micro_usd = i64::try_from(usage.cost).unwrap_or(i64::MAX);
     if usage.input_tokens > 0 {
         draft.event.input_tokens = i64::from(usage.input_tokens);
     }
@@ -175,6 +186,7 @@ async fn chat_inner(
     draft: &mut Draft,
     session_slot: &mut Option<CallSession>,
     call_slot: &mut Option<Call>,
+    token_slot: &mut Option<String>,
 ) -> Result<Reply, CallError> {
     // Step 2: identity, before the body is read.
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
@@ -183,12 +195,15 @@ async fn chat_inner(
     let (agent, _) = gw.registry.authenticate(key).await?;
     // No call runs unaudited: refuse while the audit log cannot be written.
     gw.audit.admit()?;
-    let run_id = new_id("run");
     draft.event.agent = Some(agent.id.clone());
     draft.event.owner = Some(agent.owner.clone());
     draft.event.team = Some(agent.team.clone());
-    draft.event.run_id = run_id.clone();
-    draft.event.chain = vec![agent.id.clone()];
+
+    // Step 2b: the delegation chain, extended with the authenticated caller.
+    let run = delegation(gw, rt, &parts.headers, &agent.id)?;
+    *token_slot = Some(gw.chain_keys(rt).sign(&run));
+    draft.event.run_id = run.run_id.clone();
+    draft.event.chain = run.agents.clone();
 
     // Step 3: the body.
     let bytes = request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await?;
@@ -197,9 +212,18 @@ async fn chat_inner(
     draft.event.input_tokens = i64::from(chat.input_tokens);
     let body_text = String::from_utf8(bytes.to_vec())
         .map_err(|_| CallError::bad_request("invalid_json", "request body is not UTF-8"))?;
-    let call = call_slot.insert(request::llm_call(
-        request_id, &run_id, &agent, &chat, body_text,
-    ));
+    let provider = gw.upstream(rt).name().to_string();
+    let price = rt.settings.price(&provider, &chat.model).copied();
+    let mut llm = request::llm_call(request_id, &run.run_id, &agent, &chat, body_text);
+    llm.chain = run.agents;
+    llm.max_cost = price.map_or(0, |p| {
+        p.cost(
+            u64::from(chat.input_tokens),
+            0,
+            u64::from(chat.max_output_tokens),
+        )
+    });
+    let call = call_slot.insert(llm);
 
     // Step 4: the plugin chain, request side.
     let session = session_slot.insert(rt.chain.session(request_id.clone()));
@@ -256,6 +280,7 @@ async fn chat_inner(
             draft,
             wants_usage: chat.wants_usage,
             request_id: request_id.clone(),
+            price,
         };
         let body = stream::start(gw.clone(), relay, resp.into_body());
         let mut r = Response::new(body);
@@ -276,11 +301,53 @@ async fn chat_inner(
             provider: upstream.name().to_string(),
             message: "answer is not UTF-8".into(),
         })?;
-    let usage = usage_of(&answer, upstream.name());
+    let mut usage = usage_of(&answer, upstream.name());
+    usage.cost = cost_of(price.as_ref(), &usage);
     let answer = session.on_response(call, answer).await?;
     let mut r = json_response(StatusCode::OK, answer);
     add_provider(&mut r, upstream.name());
     Ok(Reply::Done(r, usage))
+}
+
+/// The run this call belongs to: the verified `palisade-chain` token extended with `agent`, or
+/// a new run; refused where the token is bad, or missing for an agent that requires one.
+fn delegation(
+    gw: &Gateway,
+    rt: &Runtime,
+    headers: &http::HeaderMap,
+    agent: &str,
+) -> Result<chain::Chain, CallError> {
+    let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    match headers.get(chain::HEADER) {
+        Some(v) => {
+            let token = v
+                .to_str()
+                .map_err(|_| ChainError::Invalid("not a text header"))?;
+            Ok(gw.chain_keys(rt).verify(token, now)?.extend(agent, now))
+        }
+        None if rt.settings.requires_chain(agent) => Err(ChainError::Required {
+            agent: agent.to_string(),
+        }
+        .into()),
+        None => Ok(chain::Chain::start(new_id("run"), agent, now)),
+    }
+}
+
+/// Cost in micro-USD of what a call used, at `price` (0 where no price is known).
+pub fn cost_of(price: Option<&Price>, usage: &Usage) -> u64 {
+    price.map_or(0, |p| {
+        p.cost(
+            u64::from(usage.input_tokens),
+            u64::from(usage.cached_tokens),
+            u64::from(usage.output_tokens),
+        )
+    })
+}
+
+fn add_chain(r: &mut Response<GatewayBody>, token: Option<&str>) {
+    if let Some(v) = token.and_then(|t| HeaderValue::from_str(t).ok()) {
+        r.headers_mut().insert(chain::HEADER, v);
+    }
 }
 
 fn add_provider(r: &mut Response<GatewayBody>, provider: &str) {

@@ -31,6 +31,8 @@ pub struct Relay {
     pub draft: Draft,
     pub wants_usage: bool,
     pub request_id: Arc<str>,
+    /// The price of the call's target, to cost what it used.
+    pub price: Option<crate::config::Price>,
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
@@ -170,6 +172,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
         usage.output_tokens = u32::try_from(out_chars.div_ceil(4)).unwrap_or(u32::MAX);
         usage.input_tokens = r.call.input_tokens;
     }
+    usage.cost = super::cost_of(r.price.as_ref(), &usage);
     let completion = Completion {
         status,
         error_code: error.map(|e| e.code().to_string()),
@@ -179,6 +182,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
     r.draft.event.truncated = truncated;
     r.draft.event.input_tokens = i64::from(usage.input_tokens);
     r.draft.event.output_tokens = i64::from(usage.output_tokens);
+    r.draft.event.cost_micro_usd = i64::try_from(usage.cost).unwrap_or(i64::MAX);
     let recorded = r
         .draft
         .record(&gw, Some(&mut r.session), status, error)

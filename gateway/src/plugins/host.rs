@@ -163,11 +163,12 @@ impl host::Host for HostState {
     }
 
     async fn reserve(&mut self, amounts: Vec<Amount>) -> Result<u64, ReserveError> {
-        self.timed(|s| {
-            let id = s.services.ledger.reserve(&amounts)?;
-            s.reservations.push(id);
-            Ok(id)
-        })
+        let t = Instant::now();
+        let r = self.services.ledger.reserve(&amounts).await;
+        self.host_time += t.elapsed();
+        let id = r?;
+        self.reservations.push(id);
+        Ok(id)
     }
 
     async fn settle(
@@ -176,15 +177,23 @@ impl host::Host for HostState {
         micro_usd: u64,
         tokens: u64,
     ) -> Result<(), String> {
-        self.timed(|s| {
-            s.services.ledger.settle(reservation, micro_usd, tokens)?;
-            s.reservations.retain(|r| *r != reservation);
-            Ok(())
-        })
+        let t = Instant::now();
+        let r = self
+            .services
+            .ledger
+            .settle(reservation, micro_usd, tokens)
+            .await;
+        self.host_time += t.elapsed();
+        r?;
+        self.reservations.retain(|r| *r != reservation);
+        Ok(())
     }
 
     async fn spent(&mut self, scope: String, unit: Unit, window: Window) -> Result<u64, String> {
-        self.timed(|s| Ok(s.services.ledger.spent(&scope, unit, window)))
+        let t = Instant::now();
+        let r = self.services.ledger.spent(&scope, unit, window).await;
+        self.host_time += t.elapsed();
+        r
     }
 
     async fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {

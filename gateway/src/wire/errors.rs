@@ -12,7 +12,8 @@ fn openai_type(e: &CallError) -> &'static str {
         CallError::BadRequest { .. }
         | CallError::PayloadTooLarge { .. }
         | CallError::NotFound { .. }
-        | CallError::MethodNotAllowed { .. } => "invalid_request_error",
+        | CallError::MethodNotAllowed { .. }
+        | CallError::Chain(_) => "invalid_request_error",
         CallError::Unauthorized(_) => "authentication_error",
         CallError::Forbidden(_) => "permission_error",
         CallError::Conflict(_) => "invalid_request_error",

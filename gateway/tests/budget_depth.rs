@@ -1,0 +1,364 @@
+//! Budgets and delegation depth, end to end: the signed `palisade-chain` token, the `depth` and
+//! `budget` plugins as compiled components, and the store's ledger on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use palisade_store::{Unit, Window};
+use serde_json::{Value, json};
+
+const A_KEY: &str = "pk-test-agent-a";
+const B_KEY: &str = "pk-test-agent-b";
+const C_KEY: &str = "pk-test-agent-c";
+const WORKER_KEY: &str = "pk-test-worker";
+
+/// Three agents that call each other, and one that only ever acts for another.
+fn agents() -> String {
+    format!(
+        r#"
+[[agents]]
+id = "agent-a"
+team = "loop"
+key = "{A_KEY}"
+
+[[agents]]
+id = "agent-b"
+team = "loop"
+key = "{B_KEY}"
+
+[[agents]]
+id = "agent-c"
+team = "loop"
+key = "{C_KEY}"
+
+[[agents]]
+id = "worker"
+team = "loop"
+require_chain = true
+key = "{WORKER_KEY}"
+"#
+    )
+}
+
+/// Prices that make a call's worst case (100 output tokens) about 10 000 micro-USD.
+const PRICES: &str = r#"
+[prices."mock/gpt-4o-mini"]
+input_per_mtok = 10.0
+output_per_mtok = 100.0
+"#;
+
+fn depth(config: &str) -> String {
+    format!("[[plugins]]\nname = \"depth\"\npath = \"depth.wasm\"\n[plugins.config]\n{config}\n")
+}
+
+/// The budget plugin. Its deadline is raised from the default 20 ms: the deadline is wall time
+/// minus host calls, and 100 concurrent calls through two gateways, the mock and the database on
+/// a two-core test machine keep a yielded hook waiting for a worker thread longer than that.
+fn budget(config: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"budget\"\npath = \"budget.wasm\"\ndeadline_ms = 1000\n[plugins.config]\n{config}\n"
+    )
+}
+
+fn body(text: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": 100,
+           "messages": [{"role": "user", "content": text}]})
+}
+
+fn chain_of(r: &Reply) -> Option<String> {
+    r.headers
+        .get("palisade-chain")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// One agent's turn: call the gateway with its own key, forwarding the token it was given.
+async fn agent(gw: &TestGateway, key: &str, chain: Option<&str>, task: &str) -> Reply {
+    let headers: Vec<(&str, &str)> = chain.map(|c| ("palisade-chain", c)).into_iter().collect();
+    gw.chat_with(key, &body(task), &headers).await
+}
+
+async fn agent_a(gw: &TestGateway, chain: Option<&str>) -> Reply {
+    agent(gw, A_KEY, chain, "A: plan the work, ask B").await
+}
+async fn agent_b(gw: &TestGateway, chain: Option<&str>) -> Reply {
+    agent(gw, B_KEY, chain, "B: research, ask C").await
+}
+async fn agent_c(gw: &TestGateway, chain: Option<&str>) -> Reply {
+    agent(gw, C_KEY, chain, "C: check, ask A again").await
+}
+
+fn run_id(gw: &TestGateway, token: &str) -> String {
+    let rt = gw.gw.policy.current();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    gw.gw
+        .chain_keys(&rt)
+        .verify(token, now)
+        .expect("the gateway's own token verifies")
+        .run_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_loop_is_stopped_at_the_configured_depth_within_the_run_cap() {
+    let plugins = format!(
+        "{}\n{}\n{}",
+        agents(),
+        depth("max_depth = 3\nmax_repeats = 5"),
+        budget("[plugins.config.defaults.run]\nmicro_usd = { total = 1000000 }")
+    );
+    let gw =
+        TestGateway::start_full(Db::Sqlite, &["depth", "budget"], &plugins, false, PRICES).await;
+    let mut chain: Option<String> = None;
+    let mut hops = Vec::new();
+    // A → B → C → A → ...: each forwards the token it got back.
+    for turn in 0..6 {
+        let r = match turn % 3 {
+            0 => agent_a(&gw, chain.as_deref()).await,
+            1 => agent_b(&gw, chain.as_deref()).await,
+            _ => agent_c(&gw, chain.as_deref()).await,
+        };
+        hops.push(r.status);
+        if r.status != 200 {
+            assert_eq!(r.status, 429, "{}", r.json);
+            assert_eq!(r.code(), "delegation_limit");
+            assert_eq!(r.json["error"]["plugin"], "depth");
+            assert!(
+                r.message()
+                    .contains("agent-a → agent-b → agent-c → agent-a"),
+                "{}",
+                r.message()
+            );
+            // Even a refusal carries the extended chain back.
+            assert!(chain_of(&r).is_some(), "the error carries the chain token");
+            break;
+        }
+        chain = Some(chain_of(&r).expect("every answer carries palisade-chain"));
+    }
+    assert_eq!(hops, [200, 200, 200, 429], "stopped at depth 4 > 3");
+    assert_eq!(
+        gw.mock.requests().len(),
+        3,
+        "the looping call never went upstream"
+    );
+
+    // The whole run was charged to one run scope, under its cap.
+    let run = run_id(&gw, chain.as_deref().unwrap());
+    let spent = gw
+        .gw
+        .store
+        .spent(&format!("run:{run}"), Unit::MicroUsd, Window::Total)
+        .await
+        .unwrap();
+    assert!(spent > 0 && spent <= 1_000_000, "run spend {spent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_missing_chains_are_refused() {
+    let plugins = format!("{}\n{}", agents(), depth("max_depth = 5"));
+    let gw = TestGateway::start_full(
+        Db::Sqlite,
+        &["depth"],
+        &plugins,
+        false,
+        "[audit]\ndurability = \"sync\"\n",
+    )
+    .await;
+    let first = agent_a(&gw, None).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    let token = chain_of(&first).unwrap();
+
+    // Genuine: accepted and extended.
+    let ok = agent_b(&gw, Some(&token)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    assert_eq!(run_id(&gw, &chain_of(&ok).unwrap()), run_id(&gw, &token));
+
+    // Forged: a payload naming another root, with the old signature.
+    let (payload, sig) = token.split_once('.').unwrap();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
+    claims["agents"] = json!(["admin-bot"]);
+    let forged = format!("{}.{sig}", b64.encode(claims.to_string()));
+    let r = agent_b(&gw, Some(&forged)).await;
+    assert_eq!((r.status, r.code()), (400, "chain_invalid"), "{}", r.json);
+    assert_eq!(r.json["error"]["type"], "invalid_request_error");
+
+    // Truncated.
+    let r = agent_b(&gw, Some(&token[..token.len() - 4])).await;
+    assert_eq!((r.status, r.code()), (400, "chain_invalid"), "{}", r.json);
+
+    // Expired: a genuine token issued two hours ago, replayed.
+    let rt = gw.gw.policy.current();
+    let old = palisade::chain::Chain::start("run_old".into(), "agent-a", 1);
+    let stale = gw.gw.chain_keys(&rt).sign(&old);
+    let r = agent_b(&gw, Some(&stale)).await;
+    assert_eq!((r.status, r.code()), (400, "chain_expired"), "{}", r.json);
+
+    // An agent that requires a chain, calling without one; then within one.
+    let r = gw.chat_with(WORKER_KEY, &body("hi"), &[]).await;
+    assert_eq!((r.status, r.code()), (400, "chain_required"), "{}", r.json);
+    assert!(r.message().contains("worker"), "{}", r.message());
+    let r = gw
+        .chat_with(WORKER_KEY, &body("hi"), &[("palisade-chain", &token)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    // The audit has the run and the chain of each call.
+    let (s, _, bytes) = gw
+        .request(
+            "GET",
+            "/admin/api/audit/export?agent=worker&format=jsonl",
+            Some(ADMIN_TOKEN),
+            bytes::Bytes::new(),
+        )
+        .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains(&run_id(&gw, &token)), "{text}");
+    assert!(text.contains(r#"["agent-a","worker"]"#), "{text}");
+    assert!(text.contains("chain_required"), "{text}");
+}
+
+async fn concurrent_calls_stay_under_the_cap(db: Db) {
+    // Worst case of a call: ~40 input tokens at 10 $/Mtok + 100 output at 100 $/Mtok.
+    let worst = {
+        let r =
+            palisade::call::request::parse_chat(body("task 00").to_string().as_bytes()).unwrap();
+        u64::from(r.input_tokens) * 10 + 100 * 100
+    };
+    let cap = worst * 10;
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        budget(&format!(
+            "[plugins.config.agents.agent-a]\nmicro_usd = {{ day = {cap} }}"
+        ))
+    );
+    let first = TestGateway::start_full(db, &["budget"], &plugins, false, PRICES).await;
+    // A second replica on the same database.
+    let second = TestGateway::start_on(&first.database, &["budget"], &plugins, PRICES).await;
+    let calls = (0..100).map(|i| {
+        let gw = if i % 2 == 0 { &first } else { &second };
+        async move { gw.chat(A_KEY, &body(&format!("task {i:02}"))).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let denied: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    let other: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.status != 200 && r.status != 429)
+        .map(|r| &r.json)
+        .collect();
+    assert!(other.is_empty(), "only 200s and 429s: {other:?}");
+    assert!(
+        ok >= 10,
+        "the budget covers at least 10 calls, {ok} went through"
+    );
+    assert!(!denied.is_empty(), "100 calls cost more than the cap");
+    let d = denied[0];
+    assert_eq!(d.code(), "budget_exceeded");
+    assert!(d.message().contains("agent:agent-a"), "{}", d.message());
+    assert!(
+        d.message().contains(&format!("limit {cap}")),
+        "{}",
+        d.message()
+    );
+    // Settling ends with the calls; give released holds a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spent = first
+        .gw
+        .store
+        .spent("agent:agent-a", Unit::MicroUsd, Window::Day)
+        .await
+        .unwrap();
+    assert!(spent > 0, "calls were charged");
+    eprintln!("{db:?}: {ok} calls went through, spent {spent} of {cap}");
+    assert!(spent <= cap, "spent {spent} passed the cap {cap}");
+
+    // The spend view shows the same counter, from either replica.
+    let (s, view) = second
+        .admin(
+            "GET",
+            "/admin/api/spend?window=day&scope=agent%3Aagent-a",
+            ADMIN_TOKEN,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "{view}");
+    let counters = view["counters"].as_array().unwrap();
+    assert_eq!(counters.len(), 1, "{view}");
+    assert_eq!(counters[0]["scope"], "agent:agent-a");
+    assert_eq!(counters[0]["unit"], "micro_usd");
+    assert_eq!(counters[0]["spent"], json!(spent));
+
+    // Denials are audited with the scope that tripped.
+    let (s, _, bytes) = first
+        .request(
+            "GET",
+            "/admin/api/audit/export?agent=agent-a&status=429&format=jsonl",
+            Some(ADMIN_TOKEN),
+            bytes::Bytes::new(),
+        )
+        .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(text.lines().count(), denied.len(), "{text}");
+    assert!(text.contains("budget.scope"), "{text}");
+    assert!(text.contains("budget_exceeded"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_stay_under_the_cap_sqlite() {
+    concurrent_calls_stay_under_the_cap(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_stay_under_the_cap_postgres_two_replicas() {
+    concurrent_calls_stay_under_the_cap(Db::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_charged_for_what_was_streamed() {
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        budget("[plugins.config.defaults.agent]\nmicro_usd = { day = 10000000 }")
+    );
+    let gw = TestGateway::start_full(Db::Sqlite, &["budget"], &plugins, false, PRICES).await;
+    let (status, events) = gw
+        .chat_stream(
+            B_KEY,
+            &body("[mock:drop_after=3] tell me a rather long story please"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        events.iter().any(|e| e.contains("\"error\"")),
+        "the cut stream ends with an error event: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    let mut spent = 0;
+    for _ in 0..50 {
+        spent = gw
+            .gw
+            .store
+            .spent("agent:agent-b", Unit::MicroUsd, Window::Day)
+            .await
+            .unwrap();
+        if spent > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three words went out: a handful of output tokens plus the input, well under the worst case.
+    assert!(spent > 0, "the cut stream was charged");
+    assert!(
+        spent < 100 * 100,
+        "charged {spent}, more than what was streamed"
+    );
+}
