@@ -40,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Agents { api, command } => Ok(palisade::cli::admin::agents(&api, command).await?),
         Command::Users { api, command } => Ok(palisade::cli::admin::users(&api, command).await?),
         Command::Audit { api, command } => Ok(palisade::cli::admin::audit(&api, command).await?),
+        Command::Spend {
+            api,
+            window,
+            scope,
+            run,
+        } => Ok(palisade::cli::admin::spend(&api, &window, &scope, run.as_deref()).await?),
     }
 }
 

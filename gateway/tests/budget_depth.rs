@@ -155,6 +155,49 @@ async fn agent_loop_is_stopped_at_the_configured_depth_within_the_run_cap() {
         .await
         .unwrap();
     assert!(spent > 0 && spent <= 1_000_000, "run spend {spent}");
+
+    // The run's delegation tree: A called B called C called A, which was refused.
+    let mut tree = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (s, v) = gw
+            .admin(
+                "GET",
+                &format!("/admin/api/spend/runs/{run}"),
+                ADMIN_TOKEN,
+                serde_json::Value::Null,
+            )
+            .await;
+        if s == 200 && v["calls"] == 4 {
+            tree = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let a = &tree["tree"][0];
+    assert_eq!(a["agent"], "agent-a", "{tree}");
+    let b = &a["children"][0];
+    let c = &b["children"][0];
+    let a2 = &c["children"][0];
+    assert_eq!(
+        (
+            b["agent"].as_str(),
+            c["agent"].as_str(),
+            a2["agent"].as_str()
+        ),
+        (Some("agent-b"), Some("agent-c"), Some("agent-a")),
+        "{tree}"
+    );
+    assert_eq!(
+        (a2["calls"].as_u64(), a2["denied"].as_u64()),
+        (Some(1), Some(1)),
+        "{tree}"
+    );
+    assert!(a2["children"].as_array().unwrap().is_empty());
+    assert_eq!(
+        tree["cost_micro_usd"].as_i64(),
+        Some(spent as i64),
+        "{tree}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

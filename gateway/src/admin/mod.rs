@@ -8,7 +8,7 @@
 //! | `GET /admin/api/agents[/{id}]`, `GET /admin/api/agents/export` | admin, auditor |
 //! | `POST /admin/api/agents`, `PATCH`/`suspend`/`activate`/`keys...` | admin |
 //! | `GET /admin/api/audit/export`, `GET /admin/api/audit/verify` | admin, auditor |
-//! | `GET /admin/api/spend?window=day&scope=agent:` | admin, auditor |
+//! | `GET /admin/api/spend?window=day&scope=agent:`, `GET /admin/api/spend/runs/{id}` | admin, auditor |
 //! | `GET`/`POST /admin/api/users`, `POST /admin/api/users/{id}/tokens` | admin |
 
 mod agents;
@@ -110,6 +110,7 @@ pub async fn route(
         (&Method::GET, ["audit", "export"]) => audit::export(gw, parts).await,
         (&Method::GET, ["audit", "verify"]) => audit::verify(gw, parts).await,
         (&Method::GET, ["spend"]) => spend::spend(gw, parts).await,
+        (&Method::GET, ["spend", "runs", run]) => spend::run_tree(gw, parts, run).await,
         (&Method::GET, ["users"]) => users::list(gw, parts).await,
         (&Method::POST, ["users"]) => users::create(gw, parts, body).await,
         (&Method::POST, ["users", id, "tokens"]) => users::add_token(gw, parts, id).await,

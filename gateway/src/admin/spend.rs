@@ -39,3 +39,86 @@ pub async fn spend(gw: &Arc<Gateway>, parts: &Parts) -> Result<Response<GatewayB
         &json!({"window": window, "scope": scope, "counters": counters}),
     )
 }
+
+/// One agent's place in a run's delegation tree: its own calls and cost, and whom it delegated to.
+#[derive(serde::Serialize, Default)]
+pub struct RunNode {
+    pub agent: String,
+    pub calls: u64,
+    pub denied: u64,
+    pub cost_micro_usd: i64,
+    pub tokens: i64,
+    pub children: Vec<RunNode>,
+}
+
+impl RunNode {
+    /// The node for `path` (agents root first), made on the way if missing.
+    fn at(&mut self, path: &[String]) -> &mut RunNode {
+        let Some((first, rest)) = path.split_first() else {
+            return self;
+        };
+        let i = match self.children.iter().position(|c| &c.agent == first) {
+            Some(i) => i,
+            None => {
+                self.children.push(RunNode {
+                    agent: first.clone(),
+                    ..Default::default()
+                });
+                self.children.len() - 1
+            }
+        };
+        self.children[i].at(rest)
+    }
+
+    fn total(&self) -> (u64, i64) {
+        self.children
+            .iter()
+            .map(RunNode::total)
+            .fold((self.calls, self.cost_micro_usd), |a, b| {
+                (a.0 + b.0, a.1 + b.1)
+            })
+    }
+}
+
+/// `GET /admin/api/spend/runs/{run_id}`: who called whom in one delegation run, with calls and
+/// cost at each node, from the audit log.
+pub async fn run_tree(
+    gw: &Arc<Gateway>,
+    parts: &Parts,
+    run_id: &str,
+) -> Result<Response<GatewayBody>, CallError> {
+    use futures_util::StreamExt;
+    auth::require(gw, parts, auth::READ).await?;
+    let filter = palisade_store::AuditFilter {
+        run_id: Some(run_id.to_string()),
+        ..Default::default()
+    };
+    let mut rows = Box::pin(gw.store.audit_stream(filter));
+    let mut root = RunNode {
+        agent: String::new(),
+        ..Default::default()
+    };
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(store_error)?;
+        if row.kind == "admin" {
+            continue;
+        }
+        let node = root.at(&row.chain);
+        node.calls += 1;
+        node.cost_micro_usd += row.cost_micro_usd;
+        node.tokens += row.input_tokens + row.output_tokens;
+        if row.status >= 400 {
+            node.denied += 1;
+        }
+    }
+    if root.children.is_empty() {
+        return Err(CallError::NotFound {
+            message: format!("no calls recorded for run {run_id:?}"),
+        });
+    }
+    let (calls, cost) = root.total();
+    ok_json(
+        StatusCode::OK,
+        &json!({"run_id": run_id, "calls": calls, "cost_micro_usd": cost, "tree": root.children}),
+    )
+}

@@ -351,3 +351,67 @@ pub async fn audit(args: &ApiArgs, cmd: AuditCommand) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+fn print_node(node: &Value, depth: usize) {
+    println!(
+        "{}{}  calls {}  denied {}  ${:.6}",
+        "  ".repeat(depth),
+        node["agent"].as_str().unwrap_or("?"),
+        node["calls"],
+        node["denied"],
+        node["cost_micro_usd"].as_f64().unwrap_or(0.0) / 1e6
+    );
+    for c in node["children"].as_array().into_iter().flatten() {
+        print_node(c, depth + 1);
+    }
+}
+
+/// `palisade spend`.
+pub async fn spend(
+    args: &ApiArgs,
+    window: &str,
+    scope: &str,
+    run: Option<&str>,
+) -> Result<(), CliError> {
+    let api = ApiClient::new(args)?;
+    if let Some(run) = run {
+        let v = api
+            .json("GET", &format!("/admin/api/spend/runs/{}", enc(run)), None)
+            .await?;
+        println!(
+            "run {}: {} calls, ${:.6}",
+            run,
+            v["calls"],
+            v["cost_micro_usd"].as_f64().unwrap_or(0.0) / 1e6
+        );
+        for n in v["tree"].as_array().into_iter().flatten() {
+            print_node(n, 1);
+        }
+        return Ok(());
+    }
+    let v = api
+        .json(
+            "GET",
+            &format!(
+                "/admin/api/spend?window={}&scope={}",
+                enc(window),
+                enc(scope)
+            ),
+            None,
+        )
+        .await?;
+    println!(
+        "{:<40} {:<10} {:>14} {:>14}",
+        "SCOPE", "UNIT", "SPENT", "RESERVED"
+    );
+    for c in v["counters"].as_array().into_iter().flatten() {
+        println!(
+            "{:<40} {:<10} {:>14} {:>14}",
+            c["scope"].as_str().unwrap_or(""),
+            c["unit"].as_str().unwrap_or(""),
+            c["spent"],
+            c["reserved"]
+        );
+    }
+    Ok(())
+}

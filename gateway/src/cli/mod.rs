@@ -82,6 +82,20 @@ pub enum Command {
         #[command(subcommand)]
         command: admin::UsersCommand,
     },
+    /// Spend by scope for a window, or one delegation run's tree (`--run`).
+    Spend {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// hour, day, month or total.
+        #[arg(long, default_value = "day")]
+        window: String,
+        /// Scope prefix: `agent:`, `team:support`, `run:`... (all when empty).
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Show this run's delegation tree instead: who called whom, calls and cost per node.
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// The audit log: export and verify.
     Audit {
         #[command(flatten)]
