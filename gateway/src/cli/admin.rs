@@ -150,9 +150,13 @@ async fn download(api: &ApiClient, path: &str, out: Option<PathBuf>) -> Result<(
             let n = api.download(path, &mut f).await?;
             eprintln!("wrote {n} bytes to {}", p.display());
         }
-        None => {
-            api.download(path, &mut tokio::io::stdout()).await?;
-        }
+        None => match api.download(path, &mut tokio::io::stdout()).await {
+            // `palisade audit export | head`: the reader has what it wanted.
+            Err(CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => {
+                other?;
+            }
+        },
     }
     Ok(())
 }
