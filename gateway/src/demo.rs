@@ -32,27 +32,59 @@ struct Client2 {
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
+/// An answer: status, the headers the demo shows, and the body.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
 impl Client2 {
-    async fn get(&self, token: &str, path: &str) -> Result<(u16, String), DemoError> {
-        let req = http::Request::get(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
+    async fn send(
+        &self,
+        req: http::request::Builder,
+        bearer: &str,
+        body: Bytes,
+    ) -> Result<Answer, DemoError> {
+        let call = |e: &dyn std::fmt::Display| DemoError::Call(e.to_string());
+        let req = req
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| call(&e))?;
+        let resp = self.http.request(req).await.map_err(|e| call(&e))?;
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        Ok((
+            .map_err(|e| call(&e))?
+            .to_bytes();
+        Ok(Answer {
             status,
-            String::from_utf8_lossy(&bytes.to_bytes()).into_owned(),
-        ))
+            headers,
+            body,
+        })
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Result<(u16, String), DemoError> {
+        let a = self
+            .send(
+                http::Request::get(format!("{}{path}", self.base)),
+                token,
+                Bytes::new(),
+            )
+            .await?;
+        Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
     }
 
     async fn chat(&self, key: &str, body: Value) -> Result<(u16, Value, String), DemoError> {
@@ -71,35 +103,10 @@ impl Client2 {
         if let Some(c) = chain {
             req = req.header("palisade-chain", c);
         }
-        let req = req
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let provider = resp
-            .headers()
-            .get("palisade-provider")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        let chain = resp
-            .headers()
-            .get("palisade-chain")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| DemoError::Call(e.to_string()))?;
-        let json = serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null);
-        Ok((status, json, provider, chain))
+        let a = self.send(req, key, Bytes::from(body.to_string())).await?;
+        let json = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+        let provider = a.header("palisade-provider").unwrap_or_else(|| "-".into());
+        Ok((a.status, json, provider, a.header("palisade-chain")))
     }
 }
 
