@@ -1,12 +1,13 @@
 //! Audit write throughput on each backend: events per second appended to the hash-chained log,
 //! in the batch sizes the gateway's writer uses (1 = sync durability under light load, 256 = a
-//! full batch), and ledger reserve+settle pairs per second.
+//! full batch), and ledger reserve+settle pairs per second (three scopes, as `budget` reserves).
 //!
 //! `cargo bench -p palisade-store --bench audit` (PostgreSQL at 127.0.0.1:5432 is used when
 //! reachable; set PALISADE_SKIP_PG=1 to skip it). A plain harness: it prints one line per case.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use palisade_store::ledger::{Amount, Reservation, Unit, Window};
 use palisade_store::{NewAuditEvent, Store};
 
 fn event(i: usize) -> NewAuditEvent {
@@ -46,6 +47,33 @@ async fn run(name: &str, store: &Store) {
             secs * 1000.0 / (total / batch) as f64
         );
     }
+    // Ledger: one reservation over three scopes (agent, team, run), then its settle, sequentially.
+    let n = 300;
+    let start = Instant::now();
+    for i in 0..n {
+        let amounts = ["agent:bench", "team:bench", &format!("run:{i}")].map(|scope| Amount {
+            scope: scope.to_string(),
+            unit: Unit::MicroUsd,
+            window: Window::Day,
+            amount: 100,
+            limit: u64::MAX / 4,
+        });
+        let held = store
+            .reserve(&amounts, Duration::from_secs(60))
+            .await
+            .expect("reserve");
+        let Reservation::Held(id) = held else {
+            panic!("limit is huge: {held:?}")
+        };
+        store.settle(id, 50, 10).await.expect("settle");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{name:<9} ledger reserve(3 scopes)+settle: {:>6.0} pairs/s ({:.2} ms per pair)",
+        n as f64 / secs,
+        secs * 1000.0 / n as f64
+    );
+
     let start = Instant::now();
     let report = store.verify_audit().await.expect("verify");
     println!(
