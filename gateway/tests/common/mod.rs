@@ -267,12 +267,27 @@ impl TestGateway {
         key: Option<&str>,
         body: Bytes,
     ) -> (u16, http::HeaderMap, Bytes) {
+        self.request_with(method, path, key, body, &[]).await
+    }
+
+    /// A request with extra headers; status, headers and the whole body.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap, Bytes) {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
             .header("content-type", "application/json");
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = self
             .client
@@ -292,27 +307,10 @@ impl TestGateway {
 
     /// A chat call with extra request headers.
     pub async fn chat_with(&self, key: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
-        let mut req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{}/v1/chat/completions", self.addr))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {key}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = self
-            .client
-            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
+        let body = Bytes::from(body.to_string());
+        let (status, headers, bytes) = self
+            .request_with("POST", "/v1/chat/completions", Some(key), body, headers)
+            .await;
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Reply {
             status,
