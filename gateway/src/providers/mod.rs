@@ -2,6 +2,7 @@
 //! out as OpenAI chat completions with the gateway's provider key (never the agent's), with
 //! connect and first-byte timeouts, and upstream failures become typed [`CallError`]s.
 
+pub mod dialect;
 pub mod sse;
 
 use std::time::Duration;
