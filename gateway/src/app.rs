@@ -37,6 +37,8 @@ pub struct Gateway {
     pub store: Store,
     pub registry: Registry,
     pub audit: AuditSink,
+    /// The ledger and key-value store behind the plugins' host imports.
+    pub services: Arc<HostServices>,
     upstream: ArcSwap<Upstream>,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
@@ -95,6 +97,7 @@ impl Gateway {
             store,
             registry,
             audit,
+            services,
             chain_fallback: crate::chain::random_key(),
         });
         tokio::spawn(follow_reloads(Arc::downgrade(&gw)));

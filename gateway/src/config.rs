@@ -129,6 +129,20 @@ pub struct RawPluginHost {
     pub max_instances: Option<u32>,
     pub cache_dir: Option<PathBuf>,
     pub watch: Option<bool>,
+    pub stream_overrun: Option<StreamOverrun>,
+    pub stream_reserve_output_tokens: Option<u32>,
+}
+
+/// What happens when a stream's spend outruns what its budget plugins reserved and a limit
+/// refuses to hold more.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamOverrun {
+    /// Cut the stream with a `budget_exceeded` error event (default).
+    #[default]
+    Cut,
+    /// Let it finish; the real cost is settled afterwards and may pass the limit.
+    Finish,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -284,6 +298,11 @@ pub struct PluginHostSettings {
     pub max_instances: u32,
     pub cache_dir: PathBuf,
     pub watch: bool,
+    pub stream_overrun: StreamOverrun,
+    /// For streams: the output tokens a call's `max-output-tokens` (and so its `max-cost`, what
+    /// budget plugins reserve) counts up front instead of `max_tokens`; the reservations grow
+    /// as the stream runs. `None`: the worst case.
+    pub stream_reserve_output_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +396,8 @@ impl Settings {
                     .unwrap_or(Path::new(".palisade/cache")),
             ),
             watch: raw.plugin_host.watch.unwrap_or(true),
+            stream_overrun: raw.plugin_host.stream_overrun.unwrap_or_default(),
+            stream_reserve_output_tokens: raw.plugin_host.stream_reserve_output_tokens,
         };
         if host.max_instances == 0 {
             return Err(invalid(

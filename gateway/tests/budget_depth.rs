@@ -405,3 +405,66 @@ async fn a_cut_stream_is_charged_for_what_was_streamed() {
         "charged {spent}, more than what was streamed"
     );
 }
+
+/// A stream reserved for an estimate (`stream_reserve_output_tokens`) that outruns its budget
+/// is cut with a `budget_exceeded` error event before the spend passes the cap, and is charged
+/// for what went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outrunning_its_budget_is_cut_at_the_cap() {
+    const CAP: u64 = 4_000;
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        budget(&format!(
+            "[plugins.config.defaults.agent]\nmicro_usd = {{ day = {CAP} }}"
+        ))
+    );
+    let extra = format!("{PRICES}\nplugin_host.stream_reserve_output_tokens = 5\n");
+    let gw = TestGateway::start_full(Db::Sqlite, &["budget"], &plugins, false, &extra).await;
+    // The mock echoes the prompt: about 150 output tokens at 100 micro-USD each, far past the cap;
+    // the worst case of `max_tokens` 1000 would be refused before the call.
+    let story = "once upon a time there was a gateway that watched every token go by ".repeat(8);
+    let mut req = body(&story);
+    req["max_tokens"] = json!(1000);
+    let (status, events) = gw.chat_stream(B_KEY, &req).await;
+    assert_eq!(status, 200, "the estimate fits the budget: {events:?}");
+    let last = events.last().expect("some events");
+    assert!(
+        last.contains("budget_exceeded") && last.contains("agent:agent-b"),
+        "the stream ends with a budget error naming the scope: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    let streamed: usize = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::len)
+        })
+        .sum();
+    assert!(streamed > 20, "a good part of the answer went out first");
+    let mut spent = 0;
+    for _ in 0..50 {
+        spent = gw
+            .gw
+            .store
+            .spent("agent:agent-b", Unit::MicroUsd, Window::Day)
+            .await
+            .unwrap();
+        if spent > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spent <= CAP, "spend {spent} passed the cap {CAP}");
+    // Charged for what was streamed: its output tokens at 100 micro-USD each, plus the input.
+    let output_cost = (streamed as u64).div_ceil(4) * 100;
+    assert!(
+        spent >= output_cost,
+        "charged {spent}, less than the {output_cost} of the streamed output"
+    );
+    // The next call finds the budget spent.
+    let (status, _) = gw.chat_stream(B_KEY, &body("again")).await;
+    assert_eq!(status, 429);
+}

@@ -15,6 +15,7 @@
 //! 8. **Audit**: one event, whatever happened.
 
 pub mod request;
+pub mod spend_guard;
 pub mod stream;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use palisade_store::NewAuditEvent;
 
 use crate::app::{Gateway, now_ms};
 use crate::chain::{self, ChainError};
-use crate::config::{Durability, Price};
+use crate::config::{Durability, Price, StreamOverrun};
 use crate::error::CallError;
 use crate::plugins::bindings::{Call, Completion, Usage};
 use crate::plugins::{CallSession, Runtime};
@@ -216,11 +217,17 @@ async fn chat_inner(
     let price = rt.settings.price(&provider, &chat.model).copied();
     let mut llm = request::llm_call(request_id, &run.run_id, &agent, &chat, body_text);
     llm.chain = run.agents;
+    if chat.stream
+        && let Some(n) = rt.settings.host.stream_reserve_output_tokens
+    {
+        // Reserve for an estimate up front; the spend guard grows the holds as the stream runs.
+        llm.max_output_tokens = llm.max_output_tokens.min(n);
+    }
     llm.max_cost = price.map_or(0, |p| {
         p.cost(
             u64::from(chat.input_tokens),
             0,
-            u64::from(chat.max_output_tokens),
+            u64::from(llm.max_output_tokens),
         )
     });
     let call = call_slot.insert(llm);
@@ -274,6 +281,9 @@ async fn chat_inner(
             .take()
             .ok_or_else(|| CallError::Internal("no call".into()))?;
         let draft = std::mem::replace(draft, Draft::new(request_id, rt, "llm-call"));
+        let guard = (rt.settings.host.stream_overrun == StreamOverrun::Cut).then(|| {
+            spend_guard::SpendGuard::new(session.holds().clone(), price, chat.input_tokens)
+        });
         let relay = stream::Relay {
             session,
             call,
@@ -281,6 +291,7 @@ async fn chat_inner(
             wants_usage: chat.wants_usage,
             request_id: request_id.clone(),
             price,
+            guard,
         };
         let body = stream::start(gw.clone(), relay, resp.into_body());
         let mut r = Response::new(body);

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::Draft;
+use super::spend_guard::SpendGuard;
 use crate::app::Gateway;
 use crate::config::Durability;
 use crate::error::CallError;
@@ -33,6 +34,8 @@ pub struct Relay {
     pub request_id: Arc<str>,
     /// The price of the call's target, to cost what it used.
     pub price: Option<crate::config::Price>,
+    /// Keeps the plugins' reservations ahead of the stream (`None`: let it overrun).
+    pub guard: Option<SpendGuard>,
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
@@ -141,12 +144,14 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
                     }
                 }
             }
-            if let Some(t) = chunk
-                .pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
+            let sending = out_chars + output_chars(&chunk);
+            if sending > out_chars
+                && let Some(guard) = r.guard.as_mut()
+                && let Err(e) = guard.cover(&gw.services.ledger, tokens_of(sending)).await
             {
-                out_chars += t.len();
+                break 'relay End::Failed(e);
             }
+            out_chars = sending;
             if tx.send(event(&chunk.to_string())).await.is_err() {
                 break 'relay End::ClientGone;
             }
@@ -169,7 +174,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
     }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
-        usage.output_tokens = u32::try_from(out_chars.div_ceil(4)).unwrap_or(u32::MAX);
+        usage.output_tokens = u32::try_from(tokens_of(out_chars)).unwrap_or(u32::MAX);
         usage.input_tokens = r.call.input_tokens;
     }
     usage.cost = super::cost_of(r.price.as_ref(), &usage);
@@ -195,6 +200,33 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
         };
         let _ = tx.send(last).await;
     }
+}
+
+/// Output characters in a chunk: text and tool-call arguments.
+fn output_chars(chunk: &Value) -> usize {
+    let Some(delta) = chunk.pointer("/choices/0/delta") else {
+        return 0;
+    };
+    let text = delta
+        .get("content")
+        .and_then(Value::as_str)
+        .map_or(0, str::len);
+    let args: usize = delta
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map_or(0, |calls| {
+            calls
+                .iter()
+                .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
+                .map(str::len)
+                .sum()
+        });
+    text + args
+}
+
+/// The gateway's estimate of tokens streamed: ceil(chars / 4), as for requests.
+fn tokens_of(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4)
 }
 
 fn cut(provider: &str, message: &str) -> CallError {

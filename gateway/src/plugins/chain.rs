@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
+use super::host::CallHolds;
 use super::instance::Instance;
 use super::loaded::LoadedPlugin;
 use crate::config::OnError;
@@ -53,6 +54,7 @@ impl Chain {
             skipped: vec![false; self.plugins.len()],
             request_id,
             notes: Vec::new(),
+            holds: Arc::default(),
         }
     }
 }
@@ -85,6 +87,8 @@ pub struct CallSession {
     skipped: Vec<bool>,
     request_id: Arc<str>,
     pub notes: Vec<PluginNote>,
+    /// The ledger reservations the plugins hold in this call.
+    holds: Arc<CallHolds>,
 }
 
 fn verdict_name(v: &Verdict) -> &'static str {
@@ -111,7 +115,9 @@ impl CallSession {
 
     async fn instance(&mut self, i: usize) -> Result<&mut Instance, PluginFault> {
         if self.instances[i].is_none() {
-            let inst = self.chain.plugins[i].checkout(&self.request_id).await?;
+            let inst = self.chain.plugins[i]
+                .checkout(&self.request_id, &self.holds)
+                .await?;
             self.instances[i] = Some(inst);
         }
         match self.instances[i].as_mut() {
@@ -324,6 +330,11 @@ impl CallSession {
             }
         }
         Ok(tools)
+    }
+
+    /// The ledger reservations the call's plugins hold, for growing them as a stream goes on.
+    pub fn holds(&self) -> &Arc<CallHolds> {
+        &self.holds
     }
 
     /// End the call: unsettled reservations are released and pooled instances go back.

@@ -4,7 +4,7 @@
 //! and no stdio, because Rust, Python and JavaScript guests import WASI interfaces by default even
 //! when they never use them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
@@ -21,6 +21,54 @@ use crate::ledger::Ledger;
 pub struct HostServices {
     pub ledger: Ledger,
     pub kv: Kv,
+}
+
+/// One reservation a plugin holds in the running call, with what it reserved, so the host can
+/// grow it while a stream outruns it (see `crate::call::spend_guard`).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub id: u64,
+    pub amounts: Vec<Amount>,
+    /// Further reservations the host added on the plugin's behalf; released when the plugin
+    /// settles or the call ends, since the plugin's settlement charges the real spend.
+    pub extra: Vec<u64>,
+    /// How much the extra reservations added, per amount of `amounts`.
+    pub grown: Vec<u64>,
+}
+
+/// The reservations of one call, across all its plugins' instances.
+#[derive(Debug, Default)]
+pub struct CallHolds(Mutex<Vec<Held>>);
+
+impl CallHolds {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, id: u64, amounts: Vec<Amount>) {
+        let grown = vec![0; amounts.len()];
+        self.lock().push(Held {
+            id,
+            amounts,
+            extra: Vec::new(),
+            grown,
+        });
+    }
+
+    /// Forget reservation `id`; returns the extra reservations made for it.
+    fn remove(&self, id: u64) -> Vec<u64> {
+        let mut held = self.lock();
+        let mut extra = Vec::new();
+        held.retain_mut(|h| {
+            if h.id == id {
+                extra.append(&mut h.extra);
+                false
+            } else {
+                true
+            }
+        });
+        extra
+    }
 }
 
 /// Caps an instance's memory and remembers whether it hit the cap.
@@ -73,6 +121,8 @@ pub struct HostState {
     pub timed_out: bool,
     /// Reservations opened by this instance in this call, released at the end if unsettled.
     pub reservations: Vec<u64>,
+    /// The running call's reservations, shared with the call (for stream growth).
+    pub holds: Arc<CallHolds>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -98,6 +148,7 @@ impl HostState {
             deadline,
             timed_out: false,
             reservations: Vec::new(),
+            holds: Arc::default(),
             // No preopens, env, args, network or stdio: a capability-free WASI.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -118,6 +169,9 @@ impl HostState {
     /// Release reservations the plugin left unsettled; called when the call ends.
     pub fn release_reservations(&mut self) {
         for id in self.reservations.drain(..) {
+            for extra in self.holds.remove(id) {
+                self.services.ledger.release(extra);
+            }
             self.services.ledger.release(id);
         }
     }
@@ -168,6 +222,7 @@ impl host::Host for HostState {
         self.host_time += t.elapsed();
         let id = r?;
         self.reservations.push(id);
+        self.holds.add(id, amounts);
         Ok(id)
     }
 
@@ -186,6 +241,10 @@ impl host::Host for HostState {
         self.host_time += t.elapsed();
         r?;
         self.reservations.retain(|r| *r != reservation);
+        // The settlement charged the real spend: what the host added while streaming goes back.
+        for extra in self.holds.remove(reservation) {
+            self.services.ledger.release(extra);
+        }
         Ok(())
     }
 

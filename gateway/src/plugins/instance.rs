@@ -8,7 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{Call, Completion, Hooks, Outcome, Plugin, Tool, Usage};
-use super::host::HostState;
+use super::host::{CallHolds, HostState};
 use super::loaded::LoadedPlugin;
 use crate::error::PluginFault;
 
@@ -28,6 +28,7 @@ impl Instance {
     pub async fn create(
         plugin: &LoadedPlugin,
         request_id: &Arc<str>,
+        holds: &Arc<CallHolds>,
         permit: OwnedSemaphorePermit,
     ) -> Result<(Instance, Hooks), PluginFault> {
         let s = &plugin.settings;
@@ -38,6 +39,7 @@ impl Instance {
             s.deadline,
         );
         state.request_id = request_id.clone();
+        state.holds = holds.clone();
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -77,9 +79,10 @@ impl Instance {
     }
 
     /// Ready a (possibly reused) instance for a new call.
-    pub fn rebind(&mut self, request_id: &Arc<str>) {
+    pub fn rebind(&mut self, request_id: &Arc<str>, holds: &Arc<CallHolds>) {
         let s = self.store.data_mut();
         s.request_id = request_id.clone();
+        s.holds = holds.clone();
         s.timed_out = false;
         s.limiter.hit = false;
     }

@@ -13,7 +13,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::bindings::{Hooks, PluginPre};
-use super::host::{HostServices, HostState};
+use super::host::{CallHolds, HostServices, HostState};
 use super::instance::Instance;
 use crate::config::{Instances, PluginSettings};
 use crate::error::PluginFault;
@@ -194,7 +194,7 @@ impl LoadedPlugin {
         };
         let smoke: Arc<str> = Arc::from("load-check");
         let (inst, hooks) = plugin
-            .instantiate(&smoke)
+            .instantiate(&smoke, &Arc::default())
             .await
             .map_err(|fault| LoadError::Smoke {
                 plugin: plugin.settings.name.clone(),
@@ -212,7 +212,11 @@ impl LoadedPlugin {
         Ok(plugin)
     }
 
-    async fn instantiate(&self, request_id: &Arc<str>) -> Result<(Instance, Hooks), PluginFault> {
+    async fn instantiate(
+        &self,
+        request_id: &Arc<str>,
+        holds: &Arc<CallHolds>,
+    ) -> Result<(Instance, Hooks), PluginFault> {
         let permit = tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| {
@@ -222,19 +226,23 @@ impl LoadedPlugin {
                 ))
             })?
             .map_err(|_| PluginFault::Unavailable("gateway is shutting down".into()))?;
-        Instance::create(self, request_id, permit).await
+        Instance::create(self, request_id, holds, permit).await
     }
 
     /// An instance for one call: a fresh one, or an idle pooled one.
-    pub async fn checkout(&self, request_id: &Arc<str>) -> Result<Instance, PluginFault> {
+    pub async fn checkout(
+        &self,
+        request_id: &Arc<str>,
+        holds: &Arc<CallHolds>,
+    ) -> Result<Instance, PluginFault> {
         if self.settings.instances == Instances::Pooled {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(mut inst) = idle {
-                inst.rebind(request_id);
+                inst.rebind(request_id, holds);
                 return Ok(inst);
             }
         }
-        Ok(self.instantiate(request_id).await?.0)
+        Ok(self.instantiate(request_id, holds).await?.0)
     }
 
     /// Give an instance back after its call: pooled ones are kept unless they trapped, served
@@ -250,7 +258,7 @@ impl LoadedPlugin {
         {
             return;
         }
-        inst.rebind(&Arc::from(""));
+        inst.rebind(&Arc::from(""), &Arc::default());
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(inst);

@@ -101,6 +101,20 @@ impl Reply {
     }
 }
 
+/// `base` followed by `extra`, except that lines of `extra` reading `plugin_host.KEY = VALUE` go
+/// into the `[plugin_host]` table of `base` (TOML allows no second `[plugin_host]`).
+pub fn with_host_lines(base: &str, extra: &str) -> String {
+    let (host, rest): (Vec<&str>, Vec<&str>) = extra
+        .lines()
+        .partition(|l| l.trim_start().starts_with("plugin_host."));
+    let host: String = host
+        .iter()
+        .map(|l| format!("{}\n", l.trim_start().trim_start_matches("plugin_host.")))
+        .collect();
+    let base = base.replacen("[plugin_host]\n", &format!("[plugin_host]\n{host}"), 1);
+    format!("{base}\n{}", rest.join("\n"))
+}
+
 /// The config a test gateway runs: a database, two agents plus the given `[[plugins]]` tables.
 pub fn config_text(dir: &Path, database: &str, plugins_toml: &str) -> String {
     format!(
@@ -214,7 +228,7 @@ impl TestGateway {
             std::fs::copy(dist_plugin(p), dir.join(format!("{p}.wasm"))).expect("copy plugin");
         }
         let config = dir.join("palisade.toml");
-        let text = format!("{}\n{extra}", config_text(&dir, &database, plugins_toml));
+        let text = with_host_lines(&config_text(&dir, &database, plugins_toml), extra);
         std::fs::write(&config, text).expect("write config");
         let mock_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let (mock_addr, mock) = mock_upstream::spawn(mock_listener);
