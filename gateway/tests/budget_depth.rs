@@ -468,3 +468,42 @@ async fn a_stream_outrunning_its_budget_is_cut_at_the_cap() {
     let (status, _) = gw.chat_stream(B_KEY, &body("again")).await;
     assert_eq!(status, 429);
 }
+
+/// `max_calls_per_run` counts a run's calls in the shared ledger (so replicas on one database
+/// count together): A and B take turns in one run on PostgreSQL until the run's limit stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_per_run_are_counted_in_the_shared_ledger() {
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        depth("max_depth = 50\nmax_repeats = 50\nmax_calls_per_run = 3")
+    );
+    let gw = TestGateway::start_full(Db::Postgres, &["depth"], &plugins, false, PRICES).await;
+    let first = agent_a(&gw, None).await;
+    assert_eq!(first.status, 200, "{:?}", first.json);
+    let mut token = chain_of(&first).expect("a chain token");
+    let run = run_id(&gw, &token);
+    for turn in 2..=3 {
+        let r = if turn % 2 == 0 {
+            agent_b(&gw, Some(&token)).await
+        } else {
+            agent_a(&gw, Some(&token)).await
+        };
+        assert_eq!(r.status, 200, "call {turn}: {:?}", r.json);
+        token = chain_of(&r).expect("an extended token");
+    }
+    let fourth = agent_b(&gw, Some(&token)).await;
+    assert_eq!(fourth.status, 429, "{:?}", fourth.json);
+    assert_eq!(fourth.json["error"]["code"], "delegation_limit");
+    let msg = fourth.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("4 calls") && msg.contains(&run), "{msg}");
+    let counted = gw
+        .gw
+        .store
+        .spent(&format!("calls:run:{run}"), Unit::Tokens, Window::Total)
+        .await
+        .unwrap();
+    assert_eq!(counted, 3, "the three calls let through are in the ledger");
+    // Another run is not affected.
+    assert_eq!(agent_a(&gw, None).await.status, 200);
+}

@@ -11,15 +11,17 @@
 //! max_depth = 5            # agents in one chain, caller included (default 8)
 //! max_repeats = 2          # times one agent may appear in one chain (default 3)
 //! max_calls_per_run = 200  # calls of one run, all agents together (default: no limit)
-//! run_ttl_secs = 86400     # how long a run's call counter lives (default one day)
 //! [plugins.config.agents.research-bot]
 //! max_depth = 3            # per calling agent; also max_repeats, max_calls_per_run
 //! ```
 //! A refusal is HTTP 429 with code `delegation_limit`, naming the chain (`a → b → c`).
-//! The calls-per-run counter lives in the host's key-value store, which is per gateway process.
+//! The calls of a run are counted in the host's ledger (scope `calls:run:<id>`, in `tokens`,
+//! window `total`): one atomic reservation per call, so gateway replicas sharing a database
+//! count one run together and cannot pass the limit between them.
 
 use std::collections::BTreeMap;
 
+use palisade_plugin_sdk::ReserveError;
 use palisade_plugin_sdk::prelude::*;
 use serde::Deserialize;
 
@@ -37,14 +39,12 @@ struct Rules {
     max_depth: Option<u32>,
     max_repeats: Option<u32>,
     max_calls_per_run: Option<u64>,
-    run_ttl_secs: Option<u32>,
     #[serde(default)]
     agents: BTreeMap<String, Limits>,
 }
 
 const DEFAULT_MAX_DEPTH: u32 = 8;
 const DEFAULT_MAX_REPEATS: u32 = 3;
-const DEFAULT_RUN_TTL_SECS: u32 = 86_400;
 
 /// The plugin: its parsed rules.
 pub struct Depth {
@@ -131,23 +131,44 @@ impl Plugin for Depth {
                 ),
             );
         }
-        let mut out = Outcome::allow().note("depth.depth", depth.to_string());
+        let out = Outcome::allow().note("depth.depth", depth.to_string());
         if let Some(max) = limits.max_calls_per_run {
-            let ttl = self.rules.run_ttl_secs.unwrap_or(DEFAULT_RUN_TTL_SECS);
-            let n = host::kv_incr(&format!("run:{}", call.run_id), 1, ttl);
-            if n > i64::try_from(max).unwrap_or(i64::MAX) {
-                return refuse(
-                    call,
-                    format!(
-                        "run '{}' made {n} calls, over the limit of {max} calls per run",
-                        call.run_id
-                    ),
-                );
+            match count_call(&call.run_id, max) {
+                Ok(()) => {}
+                Err(ReserveError::Exceeded(e)) => {
+                    let n = e.spent + e.reserved + 1;
+                    return refuse(
+                        call,
+                        format!(
+                            "run '{}' made {n} calls, over the limit of {max} calls per run",
+                            call.run_id
+                        ),
+                    );
+                }
+                Err(ReserveError::Unavailable(m)) => {
+                    return Outcome::deny(
+                        503,
+                        "ledger_unavailable",
+                        format!("cannot count the calls of run '{}': {m}", call.run_id),
+                    );
+                }
             }
-            out = out.note("depth.run_calls", n.to_string());
         }
         out
     }
+}
+
+/// Count one call of `run` against `max`, atomically in the shared ledger: reserve one unit, and
+/// settle it at once, since the call is counted whether or not it succeeds.
+fn count_call(run: &str, max: u64) -> Result<(), ReserveError> {
+    let id = host::reserve(&[Amount {
+        scope: format!("calls:run:{run}"),
+        unit: Unit::Tokens,
+        window: Window::Total,
+        amount: 1,
+        limit: max,
+    }])?;
+    host::settle(id, 0, 1).map_err(ReserveError::Unavailable)
 }
 
 export_plugin!(Depth);
