@@ -9,8 +9,11 @@ use arc_swap::ArcSwap;
 use palisade_store::{NewAuditEvent, Store};
 
 use crate::audit::AuditSink;
+use crate::metrics::Metrics;
 use crate::plugins::{HostServices, Overrides, Policy, ReloadError, Runtime};
 use crate::providers::Upstream;
+use crate::providers::breaker::Breakers;
+use crate::providers::routes::ProviderSet;
 use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,11 @@ pub struct Gateway {
     /// The ledger and key-value store behind the plugins' host imports.
     pub services: Arc<HostServices>,
     upstream: ArcSwap<Upstream>,
+    /// Provider clients for the current `[[providers]]`, rebuilt when they change.
+    providers: ArcSwap<ProviderSet>,
+    /// Per-target circuit breakers, kept across reloads.
+    pub breakers: Breakers,
+    pub metrics: Metrics,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
 }
@@ -93,6 +101,9 @@ impl Gateway {
         let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
         let gw = Arc::new(Gateway {
             upstream: ArcSwap::from_pointee(Upstream::new(rt.settings.upstream.clone())),
+            providers: ArcSwap::from_pointee(ProviderSet::new(rt.settings.provider_list())),
+            breakers: Breakers::default(),
+            metrics: Metrics::default(),
             policy,
             store,
             registry,
@@ -112,6 +123,18 @@ impl Gateway {
         }
         let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
         self.upstream.store(fresh.clone());
+        fresh
+    }
+
+    /// The provider clients for the runtime's settings, rebuilt only when they changed.
+    pub fn providers(&self, rt: &Runtime) -> Arc<ProviderSet> {
+        let current = self.providers.load_full();
+        let wanted = rt.settings.provider_list();
+        if current.list == wanted {
+            return current;
+        }
+        let fresh = Arc::new(ProviderSet::new(wanted));
+        self.providers.store(fresh.clone());
         fresh
     }
 

@@ -34,7 +34,16 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub server: RawServer,
-    pub upstream: RawUpstream,
+    /// The single-provider shorthand (OpenAI-compatible); optional once `[[providers]]` exist.
+    pub upstream: Option<RawUpstream>,
+    /// Providers by name (see `providers::config`).
+    #[serde(default)]
+    pub providers: Vec<crate::providers::config::RawProvider>,
+    /// Model aliases: `[routes.<alias>] targets = ["provider/model", ...]`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, crate::providers::config::RawRoute>,
+    #[serde(default)]
+    pub breaker: crate::providers::config::RawBreaker,
     #[serde(default)]
     pub plugin_host: RawPluginHost,
     #[serde(default)]
@@ -264,7 +273,14 @@ pub struct Settings {
     pub admin_bootstrap_env: String,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// The default provider: `[upstream]`, or the first `[[providers]]` entry.
     pub upstream: UpstreamSettings,
+    /// Whether `[upstream]` is in the file (then it is a provider of its own).
+    pub upstream_declared: bool,
+    /// `[[providers]]`, resolved (without `[upstream]`; see [`Settings::provider_list`]).
+    pub providers: Vec<crate::providers::config::ProviderSettings>,
+    pub routes: BTreeMap<String, crate::providers::config::RouteSettings>,
+    pub breaker: crate::providers::config::BreakerSettings,
     pub host: PluginHostSettings,
     pub agents: Vec<AgentSettings>,
     pub plugins: Vec<PluginSettings>,
@@ -347,6 +363,26 @@ impl Settings {
             .or_else(|| self.prices.get(model))
     }
 
+    /// Every provider: `[upstream]` (an OpenAI-compatible provider, first, where declared) and
+    /// the `[[providers]]` entries.
+    pub fn provider_list(&self) -> Vec<crate::providers::config::ProviderSettings> {
+        let mut list = Vec::with_capacity(self.providers.len() + 1);
+        if self.upstream_declared {
+            let u = &self.upstream;
+            list.push(crate::providers::config::ProviderSettings {
+                name: u.name.clone(),
+                dialect: crate::providers::dialect::Dialect::OpenAi,
+                base_url: u.base_url.clone(),
+                api_key: u.api_key.clone().map(crate::providers::config::Secret::new),
+                connect_timeout: u.connect_timeout,
+                first_byte_timeout: u.timeout,
+                timeout: u.timeout,
+            });
+        }
+        list.extend(self.providers.iter().cloned());
+        list
+    }
+
     /// Whether this agent must call within a delegation chain.
     pub fn requires_chain(&self, agent: &str) -> bool {
         self.agents.iter().any(|a| a.id == agent && a.require_chain)
@@ -414,19 +450,53 @@ impl Settings {
             }
         };
 
-        let base_url = raw.upstream.base_url.trim_end_matches('/').to_string();
-        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
-            return Err(invalid(format!(
-                "upstream.base_url '{base_url}' must start with http://"
-            )));
-        }
-        let upstream = UpstreamSettings {
-            name: raw.upstream.name.clone().unwrap_or_else(|| "openai".into()),
-            base_url,
-            api_key: env(&raw.upstream.api_key_env, "upstream.api_key_env")?,
-            connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms.unwrap_or(2000)),
-            timeout: Duration::from_millis(raw.upstream.timeout_ms.unwrap_or(120_000)),
+        let upstream_declared = raw.upstream.is_some();
+        let upstream_name = raw
+            .upstream
+            .as_ref()
+            .map(|u| u.name.clone().unwrap_or_else(|| "openai".into()));
+        let providers = crate::providers::config::resolve_providers(
+            raw.providers,
+            &dir,
+            upstream_name.as_deref(),
+        )
+        .map_err(invalid)?;
+        let upstream = match raw.upstream {
+            Some(up) => {
+                let base_url = up.base_url.trim_end_matches('/').to_string();
+                if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+                    return Err(invalid(format!(
+                        "upstream.base_url '{base_url}' must start with http://"
+                    )));
+                }
+                UpstreamSettings {
+                    name: upstream_name.unwrap_or_default(),
+                    base_url,
+                    api_key: env(&up.api_key_env, "upstream.api_key_env")?,
+                    connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(2000)),
+                    timeout: Duration::from_millis(up.timeout_ms.unwrap_or(120_000)),
+                }
+            }
+            None => {
+                let first = providers.first().ok_or_else(|| {
+                    invalid("no provider: add [upstream] or at least one [[providers]]".into())
+                })?;
+                UpstreamSettings {
+                    name: first.name.clone(),
+                    base_url: first.base_url.clone(),
+                    api_key: first.api_key.as_ref().map(|k| k.expose().to_string()),
+                    connect_timeout: first.connect_timeout,
+                    timeout: first.timeout,
+                }
+            }
         };
+        let mut known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+        if upstream_declared {
+            known.insert(0, upstream.name.as_str());
+        }
+        let routes =
+            crate::providers::config::resolve_routes(raw.routes, &known).map_err(invalid)?;
+        let breaker = crate::providers::config::resolve_breaker(raw.breaker);
 
         let mut agents = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -573,6 +643,10 @@ impl Settings {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
             upstream,
+            upstream_declared,
+            providers,
+            routes,
+            breaker,
             host,
             agents,
             plugins,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod plugins;
 pub mod providers;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! `GET /admin/status`: the loaded chain (each plugin with its sha256 and hooks), the policy
-//! version, the last reload's time and result, and the audit sink's health.
+//! version, the last reload's time and result, the audit sink's health, and the providers,
+//! routes and each target's circuit breaker.
 
 use std::sync::Arc;
 
@@ -57,7 +58,28 @@ pub async fn status(
             })
         })
         .collect();
+    // Every target seen so far, with its circuit breaker's state.
+    let breakers: serde_json::Map<String, serde_json::Value> = gw
+        .breakers
+        .all()
+        .into_iter()
+        .map(|(target, b)| {
+            let v = json!({"state": b.state().name(), "opened": b.opened_count()});
+            (target, v)
+        })
+        .collect();
+    let providers: Vec<_> = rt
+        .settings
+        .provider_list()
+        .into_iter()
+        .map(|p| json!({"name": p.name, "kind": p.dialect.name()}))
+        .collect();
     let body = json!({
+        "providers": providers,
+        "routes": rt.settings.routes.iter().map(|(alias, r)| {
+            (alias.clone(), json!(r.targets.iter().map(ToString::to_string).collect::<Vec<_>>()))
+        }).collect::<serde_json::Map<_, _>>(),
+        "breakers": breakers,
         "policy_version": rt.chain.version,
         "plugins": plugins,
         "upstream": rt.settings.upstream.name,

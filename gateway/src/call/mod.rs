@@ -21,7 +21,6 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -33,6 +32,7 @@ use crate::config::{Durability, Price, StreamOverrun};
 use crate::error::CallError;
 use crate::plugins::bindings::{Call, Completion, Usage};
 use crate::plugins::{CallSession, Runtime};
+use crate::providers::{failover, routes};
 use crate::wire::GatewayBody;
 use crate::wire::errors::{json_response, openai_error};
 
@@ -45,11 +45,14 @@ pub fn new_id(prefix: &str) -> String {
 pub struct Draft {
     pub started: Instant,
     pub event: NewAuditEvent,
+    /// Time spent waiting on providers (for the gateway-overhead metric).
+    pub upstream_time: std::time::Duration,
 }
 
 impl Draft {
     fn new(request_id: &str, rt: &Runtime, kind: &'static str) -> Draft {
         Draft {
+            upstream_time: std::time::Duration::ZERO,
             started: Instant::now(),
             event: NewAuditEvent {
                 time_ms: now_ms(),
@@ -81,6 +84,17 @@ impl Draft {
             self.event.error_code = Some(e.code().to_string());
             self.event.decided_by = e.plugin().map(str::to_string);
         }
+        gw.metrics.observe_call(&crate::metrics::CallObservation {
+            kind: &self.event.kind,
+            status,
+            agent: self.event.agent.as_deref(),
+            provider: self.event.provider.as_deref(),
+            total: self.started.elapsed(),
+            upstream: self.upstream_time,
+            input_tokens: u64::try_from(self.event.input_tokens).unwrap_or(0),
+            output_tokens: u64::try_from(self.event.output_tokens).unwrap_or(0),
+            cost_micro_usd: u64::try_from(self.event.cost_micro_usd).unwrap_or(0),
+        });
         gw.audit.record(self.event).await
     }
 }
@@ -213,8 +227,14 @@ async fn chat_inner(
     draft.event.input_tokens = i64::from(chat.input_tokens);
     let body_text = String::from_utf8(bytes.to_vec())
         .map_err(|_| CallError::bad_request("invalid_json", "request body is not UTF-8"))?;
-    let provider = gw.upstream(rt).name().to_string();
-    let price = rt.settings.price(&provider, &chat.model).copied();
+    // The route's targets; the worst case is costed at the dearest of them.
+    let mut plan = routes::plan(&rt.settings, &chat.model);
+    let price = routes::dearest_price(
+        &rt.settings,
+        &plan,
+        u64::from(chat.input_tokens),
+        u64::from(chat.max_output_tokens),
+    );
     let mut llm = request::llm_call(request_id, &run.run_id, &agent, &chat, body_text);
     llm.chain = run.agents;
     if chat.stream
@@ -240,13 +260,15 @@ async fn chat_inner(
         draft.event.body = Some(call.body.clone());
     }
     if let Some(route) = &decision.route {
+        // The last plugin `route` verdict replaces the configured order.
+        plan = routes::overridden(&rt.settings, &plan, route)?;
         tracing::debug!(
             request_id = &**request_id,
             ?route,
-            "route chosen (one upstream for now)"
+            "route chosen by a plugin"
         );
     }
-    let mut json = if decision.rewritten {
+    let json = if decision.rewritten {
         match request::parse_chat(call.body.as_bytes()) {
             Ok(c) => c.json,
             Err(e) => {
@@ -258,22 +280,51 @@ async fn chat_inner(
     } else {
         chat.json
     };
-    // Streams always ask for usage, so spend can be settled; it is stripped again below
-    // where the agent did not ask for it.
-    if chat.stream {
-        json.insert(
-            "stream_options".into(),
-            serde_json::json!({"include_usage": true}),
-        );
-    }
-    let upstream_body = Bytes::from(serde_json::Value::Object(json).to_string());
+    // Step 5: upstream, failing over along the plan. Each dialect asks streams for usage, so
+    // spend can be settled; the relay strips it where the agent did not ask for it.
+    let set = gw.providers(rt);
+    let ctx = failover::Ctx {
+        set: &set,
+        breakers: &gw.breakers,
+        breaker: rt.settings.breaker,
+        metrics: &gw.metrics,
+    };
+    let served = failover::run(&ctx, &plan, &json, chat.stream).await;
+    let served = match served {
+        Ok(s) => {
+            note_failovers(session, &s.attempts);
+            draft.upstream_time = s.upstream_time;
+            s
+        }
+        Err(f) => {
+            note_failovers(session, &f.attempts);
+            draft.upstream_time = f.upstream_time;
+            return Err(f.error);
+        }
+    };
+    let target = served.target.to_string();
+    draft.event.provider = Some(target.clone());
+    // Actual usage is costed at the price of the target that served.
+    let price = rt
+        .settings
+        .price(&served.target.provider, &served.target.model)
+        .copied();
 
-    // Step 5: upstream.
-    let upstream = gw.upstream(rt);
-    draft.event.provider = Some(upstream.name().to_string());
-    let resp = upstream.chat(upstream_body).await?;
-
-    if chat.stream {
+    let answer = match served.answer {
+        failover::Answer::Stream(chunks) => chunks,
+        failover::Answer::Full(v) => {
+            // Step 6: response side for a full answer.
+            let answer = v.to_string();
+            let mut usage = usage_from_value(&v, &served.target.provider);
+            usage.served_by = target.clone();
+            usage.cost = cost_of(price.as_ref(), &usage);
+            let answer = session.on_response(call, answer).await?;
+            let mut r = json_response(StatusCode::OK, answer);
+            add_provider(&mut r, &target);
+            return Ok(Reply::Done(r, usage));
+        }
+    };
+    {
         let session = session_slot
             .take()
             .ok_or_else(|| CallError::Internal("no session".into()))?;
@@ -292,8 +343,9 @@ async fn chat_inner(
             request_id: request_id.clone(),
             price,
             guard,
+            served_by: target.clone(),
         };
-        let body = stream::start(gw.clone(), relay, resp.into_body());
+        let body = stream::start(gw.clone(), relay, answer);
         let mut r = Response::new(body);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -301,23 +353,26 @@ async fn chat_inner(
         );
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        add_provider(&mut r, upstream.name());
-        return Ok(Reply::Streaming(r));
+        add_provider(&mut r, &target);
+        Ok(Reply::Streaming(r))
     }
+}
 
-    // Step 6: response side for a full answer.
-    let answer = upstream.read(resp).await?;
-    let answer =
-        String::from_utf8(answer.to_vec()).map_err(|_| CallError::UpstreamUnavailable {
-            provider: upstream.name().to_string(),
-            message: "answer is not UTF-8".into(),
-        })?;
-    let mut usage = usage_of(&answer, upstream.name());
-    usage.cost = cost_of(price.as_ref(), &usage);
-    let answer = session.on_response(call, answer).await?;
-    let mut r = json_response(StatusCode::OK, answer);
-    add_provider(&mut r, upstream.name());
-    Ok(Reply::Done(r, usage))
+/// Targets that failed before the one that served, as a note in the call's audit event.
+fn note_failovers(session: &mut CallSession, attempts: &[failover::Attempt]) {
+    if attempts.is_empty() {
+        return;
+    }
+    session.notes.push(crate::plugins::chain::PluginNote {
+        plugin: Arc::from("palisade.failover"),
+        hook: "upstream",
+        verdict: "failover".into(),
+        annotations: attempts
+            .iter()
+            .map(|a| (a.target.clone(), a.outcome.clone()))
+            .collect(),
+        error: None,
+    });
 }
 
 /// The run this call belongs to: the verified `palisade-chain` token extended with `agent`, or

@@ -1,4 +1,5 @@
-//! Relaying a streamed answer: upstream SSE chunks in, plugin-rewritten chunks out.
+//! Relaying a streamed answer: canonical OpenAI chunks in (from the serving provider's dialect,
+//! through [`ChunkStream`], already past its first content), plugin-rewritten SSE out.
 //!
 //! Each text delta passes `on-text` (on the call's own plugin instances, so a plugin can carry
 //! text across deltas); before the finishing chunk the plugins flush what they carried. The
@@ -10,8 +11,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -22,7 +21,7 @@ use crate::config::Durability;
 use crate::error::CallError;
 use crate::plugins::CallSession;
 use crate::plugins::bindings::{Call, Completion};
-use crate::providers::sse::SseReader;
+use crate::providers::chunks::{ChunkStream, Next};
 use crate::wire::GatewayBody;
 use crate::wire::errors::openai_error_json;
 
@@ -36,10 +35,12 @@ pub struct Relay {
     pub price: Option<crate::config::Price>,
     /// Keeps the plugins' reservations ahead of the stream (`None`: let it overrun).
     pub guard: Option<SpendGuard>,
+    /// The target that serves the stream (`provider/model`).
+    pub served_by: String,
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
-pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: Incoming) -> GatewayBody {
+pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: ChunkStream) -> GatewayBody {
     let (tx, body) = GatewayBody::channel(32);
     tokio::spawn(run(gw, relay, upstream, tx));
     body
@@ -58,7 +59,7 @@ enum End {
     Failed(CallError),
 }
 
-async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::Sender<Bytes>) {
+async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc::Sender<Bytes>) {
     let provider = r.draft.event.provider.clone().unwrap_or_default();
     let mut usage = super::empty_usage();
     let mut text_call = r.call.clone();
@@ -66,26 +67,14 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
     text_call.body.clear();
     let wants_text = r.session.wants_text();
     let mut flushed = false;
-    let mut sse = SseReader::default();
     let mut out_chars = 0usize;
 
     let end = 'relay: loop {
-        let frame = match upstream.frame().await {
-            None => break 'relay End::Failed(cut(&provider, "stream ended without [DONE]")),
-            Some(Err(e)) => {
-                break 'relay End::Failed(cut(&provider, &format!("stream broke: {e}")));
-            }
-            Some(Ok(f)) => f,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let events = match sse.push(&data) {
-            Ok(ev) => ev,
-            Err(e) => break 'relay End::Failed(cut(&provider, &e.to_string())),
-        };
-        for data in events {
-            if data.trim() == "[DONE]" {
+        let waited = std::time::Instant::now();
+        let next = upstream.next().await;
+        r.draft.upstream_time += waited.elapsed();
+        let mut chunk = match next {
+            Next::Done => {
                 if wants_text
                     && !flushed
                     && let Err(e) = flush(&mut r, &text_call, &tx, None).await
@@ -95,24 +84,13 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
                 // `[DONE]` is sent after the audit below, so sync durability can hold it back.
                 break 'relay End::Done;
             }
-            let mut chunk: Value = match serde_json::from_str(&data) {
-                Ok(v) => v,
-                Err(_) => break 'relay End::Failed(cut(&provider, "a chunk is not JSON")),
-            };
-            if let Some(err) = chunk.get("error") {
-                let msg = err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error event")
-                    .to_string();
-                break 'relay End::Failed(CallError::UpstreamStatus {
-                    provider: provider.clone(),
-                    status: 502,
-                    message: msg,
-                });
-            }
+            Next::Failed(e) => break 'relay End::Failed(e),
+            Next::Chunk(c) => c,
+        };
+        {
             if chunk.get("usage").is_some_and(|u| !u.is_null()) {
                 usage = super::usage_from_value(&chunk, &provider);
+                usage.served_by = r.served_by.clone();
                 let only_usage = chunk
                     .get("choices")
                     .and_then(Value::as_array)
@@ -177,6 +155,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
         usage.output_tokens = u32::try_from(tokens_of(out_chars)).unwrap_or(u32::MAX);
         usage.input_tokens = r.call.input_tokens;
     }
+    usage.served_by = r.served_by.clone();
     usage.cost = super::cost_of(r.price.as_ref(), &usage);
     let completion = Completion {
         status,
@@ -227,13 +206,6 @@ fn output_chars(chunk: &Value) -> usize {
 /// The gateway's estimate of tokens streamed: ceil(chars / 4), as for requests.
 fn tokens_of(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
-}
-
-fn cut(provider: &str, message: &str) -> CallError {
-    CallError::UpstreamUnavailable {
-        provider: provider.to_string(),
-        message: message.to_string(),
-    }
 }
 
 /// Ask the text plugins for what they carried and send it as one more content chunk, shaped

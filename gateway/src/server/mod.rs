@@ -67,6 +67,14 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
             Ok(r) => r,
             Err(e) => openai_error(&e, &request_id),
         },
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(GatewayBody::full(gw.metrics.render(&gw.breakers)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
         (_, p) if p == "/admin/status" || p.starts_with("/admin/api/") => {
             match admin::route(gw, &parts, body).await {
@@ -80,7 +88,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
                 ),
             }
         }
-        (_, "/v1/chat/completions" | "/v1/models" | "/health") => {
+        (_, "/v1/chat/completions" | "/v1/models" | "/health" | "/metrics") => {
             let e = CallError::MethodNotAllowed {
                 method: parts.method.to_string(),
                 path,
