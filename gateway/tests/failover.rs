@@ -586,3 +586,76 @@ async fn killing_the_primary_under_load_fails_no_call() {
         sec_state.requests().len()
     );
 }
+
+#[tokio::test]
+async fn the_router_plugin_orders_targets_by_cost_and_by_team() {
+    let (pri, pri_state) = mock();
+    let (sec, sec_state) = mock();
+    let plugins = r#"
+[[plugins]]
+name = "router"
+path = "router.wasm"
+[plugins.config.routes.smart]
+targets = ["primary/fast-model", "secondary/backup-model"]
+strategy = "cost"
+[plugins.config.targets."primary/fast-model"]
+price = 15.0
+[plugins.config.targets."secondary/backup-model"]
+price = 0.6
+[plugins.config.teams.research]
+providers = ["primary"]
+"#;
+    let gw = TestGateway::start_full(
+        Db::Sqlite,
+        &["router"],
+        plugins,
+        false,
+        &routing(pri, sec, ""),
+    )
+    .await;
+    // Both healthy: the cheaper secondary goes first, against the configured order.
+    let r = gw.chat(SUPPORT_KEY, &chat_body("smart", "hello")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(provider(&r), "secondary/backup-model");
+    assert!(pri_state.requests().is_empty());
+    // The research team may only use the primary.
+    let r = gw.chat(RESEARCH_KEY, &chat_body("smart", "hello")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(provider(&r), "primary/fast-model");
+    assert_eq!(sec_state.requests().len(), 1);
+    // A provider/model the team may not use is refused with a clear 403.
+    let r = gw
+        .chat(RESEARCH_KEY, &chat_body("secondary/backup-model", "hello"))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.json);
+    assert_eq!(r.code(), "no_allowed_target");
+}
+
+#[tokio::test]
+async fn the_router_order_is_failed_over_too() {
+    let (sec, _) = mock();
+    // The router puts the (dead) primary first; the host still fails over along its order.
+    let plugins = r#"
+[[plugins]]
+name = "router"
+path = "router.wasm"
+[plugins.config.routes.smart]
+targets = ["primary/fast-model", "secondary/backup-model"]
+strategy = "cost"
+[plugins.config.targets."primary/fast-model"]
+price = 0.1
+[plugins.config.targets."secondary/backup-model"]
+price = 5.0
+"#;
+    let gw = TestGateway::start_full(
+        Db::Sqlite,
+        &["router"],
+        plugins,
+        false,
+        &routing(refusing(), sec, ""),
+    )
+    .await;
+    let r = gw.chat(SUPPORT_KEY, &chat_body("smart", "hello")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(provider(&r), "secondary/backup-model");
+}

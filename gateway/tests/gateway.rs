@@ -41,7 +41,8 @@ async fn allowed_call_reaches_upstream_with_request_id_and_provider() {
             .unwrap()
             .starts_with("req_")
     );
-    assert_eq!(r.headers["palisade-provider"], "mock");
+    // The target that served, as `provider/model`.
+    assert_eq!(r.headers["palisade-provider"], "mock/gpt-4o-mini");
     let seen = gw.mock.last_request().expect("upstream saw the call");
     assert!(
         !seen.headers.iter().any(|(_, v)| v.contains(SUPPORT_KEY)),

@@ -394,7 +394,7 @@ async fn audit_has_one_row_per_call_and_finds_tampering(db: Db) {
             assert_eq!(row["error_code"], "model_not_allowed");
             assert_eq!(row["target"], "gpt-4o");
         } else {
-            assert_eq!(row["provider"], "mock");
+            assert_eq!(row["provider"], "mock/gpt-4o-mini");
             assert!(row["output_tokens"].as_i64().unwrap() > 0);
         }
     }

@@ -106,7 +106,7 @@ def test_chat_completion_raw_response_headers(client):
         assert raw.status_code == 200
         request_id = raw.headers.get("palisade-request-id")
         assert request_id and REQUEST_ID.match(request_id), request_id
-        assert raw.headers.get("palisade-provider") == "mock"
+        assert raw.headers.get("palisade-provider") == f"mock/{ALLOWED}"
         ids.append(request_id)
         parsed = raw.parse()
         assert parsed.choices[0].message.content == mock_reply(ALLOWED, text).upper()
