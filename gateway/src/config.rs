@@ -302,7 +302,8 @@ pub struct AuditSettings {
 pub struct UpstreamSettings {
     pub name: String,
     pub base_url: String,
-    pub api_key: Option<String>,
+    /// Kept out of `Debug` output.
+    pub api_key: Option<crate::providers::config::Secret>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -373,7 +374,7 @@ impl Settings {
                 name: u.name.clone(),
                 dialect: crate::providers::dialect::Dialect::OpenAi,
                 base_url: u.base_url.clone(),
-                api_key: u.api_key.clone().map(crate::providers::config::Secret::new),
+                api_key: u.api_key.clone(),
                 connect_timeout: u.connect_timeout,
                 first_byte_timeout: u.timeout,
                 timeout: u.timeout,
@@ -472,7 +473,8 @@ impl Settings {
                 UpstreamSettings {
                     name: upstream_name.unwrap_or_default(),
                     base_url,
-                    api_key: env(&up.api_key_env, "upstream.api_key_env")?,
+                    api_key: env(&up.api_key_env, "upstream.api_key_env")?
+                        .map(crate::providers::config::Secret::new),
                     connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(2000)),
                     timeout: Duration::from_millis(up.timeout_ms.unwrap_or(120_000)),
                 }
@@ -484,7 +486,7 @@ impl Settings {
                 UpstreamSettings {
                     name: first.name.clone(),
                     base_url: first.base_url.clone(),
-                    api_key: first.api_key.as_ref().map(|k| k.expose().to_string()),
+                    api_key: first.api_key.clone(),
                     connect_timeout: first.connect_timeout,
                     timeout: first.timeout,
                 }

@@ -61,6 +61,12 @@ impl Overrides {
     fn apply(&self, settings: &mut Settings) {
         if let Some(url) = &self.upstream_url {
             settings.upstream.base_url = url.trim_end_matches('/').to_string();
+            // Without `[upstream]` the default provider is the first `[[providers]]` entry.
+            if !settings.upstream_declared
+                && let Some(first) = settings.providers.first_mut()
+            {
+                first.base_url = settings.upstream.base_url.clone();
+            }
         }
     }
 }

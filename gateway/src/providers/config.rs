@@ -289,6 +289,54 @@ mod tests {
     }
 
     #[test]
+    fn providers_alone_key_files_and_default_provider() {
+        let dir = std::env::temp_dir().join(format!("palisade-cfg-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "sk-from-file\n").unwrap();
+        let text = r#"
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "https://api.anthropic.com/"
+api_key_file = "key"
+first_byte_timeout_ms = 1500
+[[providers]]
+name = "local"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:11434"
+[breaker]
+failures = 3
+"#;
+        let s = crate::config::Settings::from_toml(&dir.join("p.toml"), text).unwrap();
+        let list = s.provider_list();
+        assert_eq!(list.len(), 2, "no [upstream]: only the declared providers");
+        assert_eq!(
+            s.upstream.name, "anthropic",
+            "the first provider is the default"
+        );
+        assert_eq!(list[0].dialect, Dialect::Anthropic);
+        assert_eq!(list[0].base_url, "https://api.anthropic.com");
+        assert_eq!(list[0].api_key.as_ref().unwrap().expose(), "sk-from-file");
+        assert_eq!(list[0].first_byte_timeout, Duration::from_millis(1500));
+        assert_eq!(list[1].dialect, Dialect::OpenAi);
+        assert_eq!(s.breaker.failures, 3);
+        assert!(
+            !format!("{s:?}").contains("sk-from-file"),
+            "keys stay out of Debug"
+        );
+
+        let e = crate::config::Settings::from_toml(
+            &dir.join("p.toml"),
+            "[[providers]]\nname='x'\nbase_url='http://a'\napi_key_file='missing'",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = crate::config::Settings::from_toml(&dir.join("p.toml"), "").unwrap_err();
+        assert!(e.to_string().contains("no provider"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn secret_is_not_debug_printed() {
         let s = Secret::new("sk-very-secret".into());
         assert!(!format!("{s:?}").contains("sk-very"));

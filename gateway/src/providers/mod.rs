@@ -58,7 +58,7 @@ impl Upstream {
             .uri(format!("{}{path}", self.settings.base_url))
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(key) = &self.settings.api_key {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", key.expose()));
         }
         req.body(Full::new(body))
             .map_err(|e| CallError::Internal(format!("bad upstream request: {e}")))
