@@ -40,6 +40,8 @@ pub struct Gateway {
     /// The ledger and key-value store behind the plugins' host imports.
     pub services: Arc<HostServices>,
     upstream: ArcSwap<Upstream>,
+    /// The MCP servers behind `/mcp`, rebuilt when a reload changes them.
+    pub mcp: crate::mcp::Hubs,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
 }
@@ -93,6 +95,7 @@ impl Gateway {
         let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
         let gw = Arc::new(Gateway {
             upstream: ArcSwap::from_pointee(Upstream::new(rt.settings.upstream.clone())),
+            mcp: crate::mcp::Hubs::new(&rt.settings.mcp),
             policy,
             store,
             registry,
@@ -118,6 +121,14 @@ impl Gateway {
     /// The keys delegation chain tokens are signed and verified with, for this runtime.
     pub fn chain_keys(&self, rt: &Runtime) -> crate::chain::Keys {
         crate::chain::Keys::new(&rt.settings.chain, &self.chain_fallback)
+    }
+
+    /// The keys MCP session ids are sealed with (first) and opened with: the chain keys.
+    pub fn mcp_session_keys(&self, rt: &Runtime) -> Vec<Vec<u8>> {
+        let c = &rt.settings.chain;
+        let mut keys = vec![c.key.clone().unwrap_or_else(|| self.chain_fallback.clone())];
+        keys.extend(c.previous_key.clone());
+        keys
     }
 
     /// Record an admin action (who did what to which resource).

@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod ledger;
+pub mod mcp;
 pub mod plugins;
 pub mod providers;
 pub mod registry;

@@ -322,7 +322,7 @@ async fn chat_inner(
 
 /// The run this call belongs to: the verified `palisade-chain` token extended with `agent`, or
 /// a new run; refused where the token is bad, or missing for an agent that requires one.
-fn delegation(
+pub fn delegation(
     gw: &Gateway,
     rt: &Runtime,
     headers: &http::HeaderMap,
