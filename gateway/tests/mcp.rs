@@ -285,3 +285,40 @@ async fn the_stateless_revision_needs_no_session_and_checks_headers() {
     assert_eq!(ok["result"]["content"][0]["text"], "hours: 9-17\n");
     assert_eq!(ok["result"]["resultType"], "complete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_results_pass_on_response_so_pii_redacts_them() {
+    set_chain_key();
+    let s = setup();
+    std::fs::write(
+        s.root.join("public/contact.txt"),
+        "write to marcus@example.com\n",
+    )
+    .unwrap();
+    let plugins = format!(
+        "{ACL}\n[[plugins]]\nname = \"pii\"\npath = \"pii.wasm\"\n[plugins.config]\nrequest = false\nhigh_entropy = false\n"
+    );
+    let gw = TestGateway::start_full(
+        common::Db::Sqlite,
+        &["tool-acl", "pii"],
+        &plugins,
+        false,
+        &s.extra,
+    )
+    .await;
+    let mcp = Mcp { gw: &gw };
+    let sid = mcp.initialize(SUPPORT_KEY).await;
+    let path = s.root.join("public/contact.txt");
+    let (status, body) = mcp
+        .rpc(
+            SUPPORT_KEY,
+            &sid,
+            "tools/call",
+            json!({"name": "fs__read_text_file", "arguments": {"path": path}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let text = body["result"]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text, "write to [EMAIL_1]\n", "{body}");
+    assert!(!body.to_string().contains("marcus@example.com"), "{body}");
+}
