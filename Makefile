@@ -9,25 +9,30 @@ OUT := target/$(WASM_TARGET)/plugin
 
 .PHONY: demo test plugins setup test-rust test-e2e bench lint
 
-## Install what a fresh machine lacks: the Wasm target and the Python test clients.
+MCP2_VENV := tests/e2e/.venv-mcp2
+
+## Install what a fresh machine lacks: the Wasm target, the Python test clients (mcp 1.x beside
+## openai; mcp 2.x in its own venv) and the npm MCP servers the MCP tests put behind /mcp.
 setup:
 	rustup target add $(WASM_TARGET)
 	python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+	test -x $(MCP2_VENV)/bin/python || python3 -m venv $(MCP2_VENV)
+	$(MCP2_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements-mcp2.txt
+	cd tests/e2e/mcp-servers && npm ci --no-audit --no-fund --silent
+
+## The shipped Rust plugins (crate palisade-plugin-NAME, built to dist/plugins/NAME.wasm) and the
+## test fixtures (crate palisade-fixture-NAME, built to dist/plugins/NAME.wasm).
+RUST_PLUGINS := model-allow depth budget pii router tool-acl
+FIXTURES := plugin wrong-world trivial
 
 ## Build the shipped plugins and the test fixtures as Wasm components into dist/plugins/.
 plugins:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	$(CARGO) build --quiet --target $(WASM_TARGET) --profile plugin \
-		-p palisade-plugin-model-allow -p palisade-plugin-depth -p palisade-plugin-budget -p palisade-plugin-pii -p palisade-plugin-router -p palisade-fixture-plugin -p palisade-fixture-wrong-world -p palisade-fixture-trivial
+		$(foreach p,$(RUST_PLUGINS),-p palisade-plugin-$(p)) $(foreach f,$(FIXTURES),-p palisade-fixture-$(f))
 	@mkdir -p $(DIST)
-	@cp $(OUT)/palisade_plugin_model_allow.wasm $(DIST)/model-allow.wasm
-	@cp $(OUT)/palisade_plugin_depth.wasm $(DIST)/depth.wasm
-	@cp $(OUT)/palisade_plugin_budget.wasm $(DIST)/budget.wasm
-	@cp $(OUT)/palisade_plugin_pii.wasm $(DIST)/pii.wasm
-	@cp $(OUT)/palisade_plugin_router.wasm $(DIST)/router.wasm
-	@cp $(OUT)/palisade_fixture_plugin.wasm $(DIST)/fixture.wasm
-	@cp $(OUT)/palisade_fixture_wrong_world.wasm $(DIST)/wrong-world.wasm
-	@cp $(OUT)/palisade_fixture_trivial.wasm $(DIST)/trivial.wasm
+	@$(foreach p,$(RUST_PLUGINS),cp $(OUT)/palisade_plugin_$(subst -,_,$(p)).wasm $(DIST)/$(p).wasm &&) true
+	@$(foreach f,$(FIXTURES),cp $(OUT)/palisade_fixture_$(subst -,_,$(f)).wasm $(DIST)/$(if $(filter plugin,$(f)),fixture,$(f)).wasm &&) true
 	@echo "plugins built into $(DIST)/"
 
 demo: plugins
@@ -41,6 +46,7 @@ test-rust:
 test-e2e:
 	$(CARGO) build --quiet -p palisade -p mock-upstream
 	python3 -m pytest -q tests/e2e
+	$(MCP2_VENV)/bin/python -m pytest -q tests/e2e/test_mcp.py
 
 bench: plugins
 	$(CARGO) bench -p palisade --bench chain

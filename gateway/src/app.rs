@@ -48,6 +48,8 @@ pub struct Gateway {
     /// Per-target circuit breakers, kept across reloads.
     pub breakers: Breakers,
     pub metrics: Metrics,
+    /// The MCP servers behind `/mcp`, rebuilt when a reload changes them.
+    pub mcp: crate::mcp::Hubs,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
 }
@@ -104,6 +106,7 @@ impl Gateway {
             providers: ArcSwap::from_pointee(ProviderSet::new(rt.settings.provider_list())),
             breakers: Breakers::default(),
             metrics: Metrics::default(),
+            mcp: crate::mcp::Hubs::new(&rt.settings.mcp),
             policy,
             store,
             registry,
@@ -141,6 +144,14 @@ impl Gateway {
     /// The keys delegation chain tokens are signed and verified with, for this runtime.
     pub fn chain_keys(&self, rt: &Runtime) -> crate::chain::Keys {
         crate::chain::Keys::new(&rt.settings.chain, &self.chain_fallback)
+    }
+
+    /// The keys MCP session ids are sealed with (first) and opened with: the chain keys.
+    pub fn mcp_session_keys(&self, rt: &Runtime) -> Vec<Vec<u8>> {
+        let c = &rt.settings.chain;
+        let mut keys = vec![c.key.clone().unwrap_or_else(|| self.chain_fallback.clone())];
+        keys.extend(c.previous_key.clone());
+        keys
     }
 
     /// Record an admin action (who did what to which resource).

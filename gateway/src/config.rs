@@ -57,6 +57,12 @@ pub struct RawConfig {
     /// Prices per `provider/model` (or bare model), USD per million tokens.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// `[mcp]`: the `/mcp` endpoint (tool name prefixes, timeouts).
+    #[serde(default)]
+    pub mcp: crate::mcp::settings::RawMcp,
+    /// `[[mcp_servers]]`: the upstream MCP servers behind `/mcp`.
+    #[serde(default)]
+    pub mcp_servers: Vec<crate::mcp::settings::RawMcpServer>,
 }
 
 /// `[chain]`: the delegation chain token.
@@ -286,6 +292,7 @@ pub struct Settings {
     pub plugins: Vec<PluginSettings>,
     pub chain: ChainSettings,
     pub prices: BTreeMap<String, Price>,
+    pub mcp: crate::mcp::settings::McpSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -629,7 +636,10 @@ impl Settings {
             }
         }
 
+        let mcp =
+            crate::mcp::settings::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
         Ok(Settings {
+            mcp,
             chain,
             prices: raw.prices,
             path: path.to_path_buf(),

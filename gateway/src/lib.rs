@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod ledger;
 pub mod metrics;
+pub mod mcp;
 pub mod plugins;
 pub mod providers;
 pub mod registry;

@@ -377,7 +377,7 @@ fn note_failovers(session: &mut CallSession, attempts: &[failover::Attempt]) {
 
 /// The run this call belongs to: the verified `palisade-chain` token extended with `agent`, or
 /// a new run; refused where the token is bad, or missing for an agent that requires one.
-fn delegation(
+pub fn delegation(
     gw: &Gateway,
     rt: &Runtime,
     headers: &http::HeaderMap,

@@ -75,6 +75,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
             );
             r
         }
+        (_, "/mcp") => crate::mcp::handle(gw, request_id.clone(), parts, body).await,
         (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
         (_, p) if p == "/admin/status" || p.starts_with("/admin/api/") => {
             match admin::route(gw, &parts, body).await {

@@ -1,0 +1,480 @@
+//! The life of an MCP request, following the steps of an LLM call (`crate::call`): identity
+//! (done by the transport) and delegation chain, the plugin chain (`filter-tools` for
+//! `tools/list`, `on-request` / `on-response` / `on-complete` for `tools/call`), the upstream
+//! server (with the chain token, never the agent's key), and one audit event per listing and
+//! per call: agent, chain, server, tool, argument hash, verdicts, latency, `isError`.
+//!
+//! Refusals: a tool the agent may not see, or that does not exist, is JSON-RPC -32602
+//! `Unknown tool` (hidden tools are indistinguishable from missing ones); forbidden arguments
+//! and other denials are a tool result with `isError: true` and the plugin's message, so the
+//! model can correct its call; a `hold` goes through [`on_hold`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use palisade_store::NewAuditEvent;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::catalog::Hub;
+use super::jsonrpc::{self, error, result, tool_error};
+use super::upstream::UpstreamError;
+use crate::app::{Gateway, now_ms};
+use crate::call::Draft;
+use crate::error::CallError;
+use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Completion, Tool, Usage};
+use crate::plugins::{CallSession, Runtime};
+use crate::registry::Agent;
+
+/// Everything a request needs.
+pub struct Ctx<'a> {
+    pub gw: &'a Arc<Gateway>,
+    pub rt: &'a Arc<Runtime>,
+    pub hub: &'a Arc<Hub>,
+    pub agent: &'a Arc<Agent>,
+    pub request_id: &'a Arc<str>,
+    /// Key of the upstream sessions held for this agent session.
+    pub session: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The stateless 2026-07-28 revision: results carry `resultType`.
+    pub modern: bool,
+}
+
+/// Answer one request; also returns the extended chain token for the `palisade-chain` header.
+pub async fn dispatch(
+    ctx: &Ctx<'_>,
+    method: &str,
+    id: &Value,
+    params: Value,
+) -> (Value, Option<String>) {
+    let (mut reply, token) = answer(ctx, method, id, params).await;
+    if ctx.modern
+        && let Some(Value::Object(r)) = reply.get_mut("result")
+    {
+        r.entry("resultType").or_insert(json!("complete"));
+    }
+    (reply, token)
+}
+
+async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Value, Option<String>) {
+    match method {
+        "ping" => (result(id, json!({})), None),
+        "tools/list" | "tools/call" => {
+            let mut draft = draft(ctx, method);
+            let run = match crate::call::delegation(ctx.gw, ctx.rt, ctx.headers, &ctx.agent.id)
+                .and_then(|run| ctx.gw.audit.admit().map(|_| run))
+            {
+                Ok(run) => run,
+                Err(e) => {
+                    let (_, msg) = jsonrpc::call_error(id, &e);
+                    draft.event.error_code = Some(e.code().to_string());
+                    let _ = draft.record(ctx.gw, None, e.status(), Some(&e)).await;
+                    return (msg, None);
+                }
+            };
+            let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
+            draft.event.run_id = run.run_id.clone();
+            draft.event.chain = run.agents.clone();
+            let call = wit_call(ctx, &run, method);
+            let reply = if method == "tools/list" {
+                list(ctx, id, call, &token, draft).await
+            } else {
+                tool_call(ctx, id, params, call, &token, draft).await
+            };
+            (reply, Some(token))
+        }
+        _ => (
+            error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                format!("Method not found: {method}"),
+                None,
+            ),
+            None,
+        ),
+    }
+}
+
+/// 2026-07-28 results say they are complete and, being per agent, private.
+fn mark(v: &mut Value, list: bool) {
+    if let Value::Object(m) = v {
+        m.insert("resultType".into(), json!("complete"));
+        if list {
+            m.insert("ttlMs".into(), json!(0));
+            m.insert("cacheScope".into(), json!("private"));
+        }
+    }
+}
+
+fn draft(ctx: &Ctx<'_>, method: &str) -> Draft {
+    Draft {
+        started: Instant::now(),
+        upstream_time: std::time::Duration::ZERO,
+        event: NewAuditEvent {
+            time_ms: now_ms(),
+            request_id: ctx.request_id.to_string(),
+            kind: if method == "tools/list" {
+                "tool-list"
+            } else {
+                "tool-call"
+            }
+            .into(),
+            target: method.into(),
+            policy_version: ctx.rt.chain.version.clone(),
+            verdicts: Value::Array(Vec::new()),
+            agent: Some(ctx.agent.id.clone()),
+            owner: Some(ctx.agent.owner.clone()),
+            team: Some(ctx.agent.team.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, method: &str) -> Call {
+    let a = ctx.agent;
+    Call {
+        request_id: ctx.request_id.to_string(),
+        run_id: run.run_id.clone(),
+        chain: run.agents.clone(),
+        agent: WitAgent {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            owner: a.owner.clone(),
+            team: a.team.clone(),
+            labels: a.labels.clone(),
+        },
+        kind: if method == "tools/list" {
+            CallKind::ToolList
+        } else {
+            CallKind::ToolCall
+        },
+        target: String::new(),
+        body: String::new(),
+        stream: false,
+        input_tokens: 0,
+        max_output_tokens: 0,
+        max_cost: 0,
+    }
+}
+
+/// What the audit keeps about an MCP call beside the plugins' verdicts.
+struct Facts {
+    server: Option<String>,
+    tool: Option<String>,
+    arguments_sha256: Option<String>,
+    is_error: Option<bool>,
+    shown: Option<(usize, usize)>,
+}
+
+async fn finish(
+    ctx: &Ctx<'_>,
+    mut draft: Draft,
+    mut session: Option<CallSession>,
+    facts: Facts,
+    error_code: Option<String>,
+) {
+    let mut verdicts = match &session {
+        Some(s) => serde_json::to_value(&s.notes).unwrap_or_default(),
+        None => Value::Array(Vec::new()),
+    };
+    let mut mcp = json!({"gateway": "mcp"});
+    if let Some(s) = &facts.server {
+        mcp["server"] = json!(s);
+    }
+    if let Some(t) = &facts.tool {
+        mcp["tool"] = json!(t);
+    }
+    if let Some(h) = &facts.arguments_sha256 {
+        mcp["arguments_sha256"] = json!(h);
+    }
+    if let Some(e) = facts.is_error {
+        mcp["is_error"] = json!(e);
+    }
+    if let Some((shown, total)) = facts.shown {
+        mcp["tools_shown"] = json!(shown);
+        mcp["tools_total"] = json!(total);
+    }
+    if let Value::Array(v) = &mut verdicts {
+        v.push(mcp);
+    }
+    draft.event.provider = facts.server;
+    draft.event.error_code = error_code;
+    draft.event.latency_us = draft.started.elapsed().as_micros() as i64;
+    draft.event.status = 200;
+    draft.event.verdicts = verdicts;
+    if let Some(s) = session.as_mut()
+        && let Some(code) = draft.event.error_code.clone()
+        && draft.event.decided_by.is_none()
+    {
+        draft.event.decided_by = s
+            .notes
+            .iter()
+            .rev()
+            .find(|n| n.verdict != "allow")
+            .map(|n| n.plugin.to_string());
+        let _ = code;
+    }
+    if let Err(e) = ctx.gw.audit.record(draft.event).await {
+        tracing::error!(request_id = &**ctx.request_id, "MCP call not audited: {e}");
+    }
+    if let Some(s) = session {
+        s.finish();
+    }
+}
+
+async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, token: &str, draft: Draft) -> Value {
+    let entries = ctx.hub.list(ctx.session, Some(token)).await;
+    let tools: Vec<Tool> = entries
+        .iter()
+        .map(|e| Tool {
+            name: e.json["name"].as_str().unwrap_or_default().to_string(),
+            description: e.json["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        })
+        .collect();
+    let total = tools.len();
+    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let facts = |shown| Facts {
+        server: None,
+        tool: None,
+        arguments_sha256: None,
+        is_error: None,
+        shown: Some((shown, total)),
+    };
+    match session.filter_tools(&call, tools).await {
+        Ok(kept) => {
+            let names: Vec<&str> = kept.iter().map(|t| t.name.as_str()).collect();
+            let shown: Vec<Value> = entries
+                .into_iter()
+                .filter(|e| names.contains(&e.json["name"].as_str().unwrap_or_default()))
+                .map(|e| e.json)
+                .collect();
+            let n = shown.len();
+            let mut r = json!({ "tools": shown });
+            mark(&mut r, ctx.modern);
+            finish(ctx, draft, Some(session), facts(n), None).await;
+            result(id, r)
+        }
+        Err(e) => {
+            let code = e.code().to_string();
+            finish(ctx, draft, Some(session), facts(0), Some(code)).await;
+            error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None)
+        }
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A `hold` verdict: human approval is required. Approvals are not built yet (issue 7): the
+/// call is refused with a tool result saying so. The approvals module plugs in here.
+pub fn on_hold(tool: &str, plugin: &str, rule: &str, summary: &str) -> Value {
+    tool_error(format!(
+        "Calling '{tool}' requires human approval (rule '{rule}' of policy plugin '{plugin}'): \
+         {summary}. The call was not made; no approval workflow is available yet."
+    ))
+}
+
+async fn tool_call(
+    ctx: &Ctx<'_>,
+    id: &Value,
+    params: Value,
+    mut call: Call,
+    token: &str,
+    mut draft: Draft,
+) -> Value {
+    let mut facts = Facts {
+        server: None,
+        tool: None,
+        arguments_sha256: None,
+        is_error: None,
+        shown: None,
+    };
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+        return error(
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "tools/call needs a string `name`",
+            None,
+        );
+    };
+    draft.event.target = name.to_string();
+    let args = match params.get("arguments") {
+        None | Some(Value::Null) => json!({}),
+        Some(a @ Value::Object(_)) => a.clone(),
+        Some(_) => {
+            finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+            return error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                "tools/call `arguments` must be an object",
+                None,
+            );
+        }
+    };
+    let args_text = args.to_string();
+    facts.arguments_sha256 = Some(sha256_hex(&args_text));
+    if ctx.gw.audit.settings().store_bodies {
+        draft.event.body = Some(args_text.clone());
+    }
+    let unknown = |name: &str| {
+        error(
+            id,
+            jsonrpc::INVALID_PARAMS,
+            format!("Unknown tool: {name}"),
+            None,
+        )
+    };
+    let Some(entry) = ctx.hub.resolve(ctx.session, Some(token), name).await else {
+        finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
+        return unknown(name);
+    };
+    let server = ctx.hub.servers[entry.server].clone();
+    facts.server = Some(server.name().to_string());
+    facts.tool = Some(entry.tool.clone());
+    call.target = name.to_string();
+    call.body = args_text;
+
+    // The plugin chain, request side.
+    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let decision = session.on_request(&mut call).await;
+    let args = match decision {
+        Ok(d) if d.rewritten => match serde_json::from_str::<Value>(&call.body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                let e =
+                    "a plugin rewrote the tool arguments into something that is not a JSON object";
+                finish(
+                    ctx,
+                    draft,
+                    Some(session),
+                    facts,
+                    Some("internal_error".into()),
+                )
+                .await;
+                return error(id, jsonrpc::INTERNAL_ERROR, e, None);
+            }
+        },
+        Ok(_) => args,
+        Err(e) => {
+            let code = e.code().to_string();
+            let reply = match &e {
+                CallError::Denied { code, .. } if code == "unknown_tool" => unknown(name),
+                CallError::Denied { message, .. } => {
+                    facts.is_error = Some(true);
+                    result(id, tool_error(message.clone()))
+                }
+                CallError::ApprovalRequired {
+                    plugin,
+                    rule,
+                    summary,
+                } => {
+                    facts.is_error = Some(true);
+                    result(id, on_hold(name, plugin, rule, summary))
+                }
+                other => error(id, jsonrpc::INTERNAL_ERROR, other.to_string(), None),
+            };
+            complete(&mut session, &call, Some(code.clone())).await;
+            finish(ctx, draft, Some(session), facts, Some(code)).await;
+            return reply;
+        }
+    };
+
+    // Upstream.
+    let answer = server
+        .request(
+            ctx.session,
+            "tools/call",
+            json!({"name": entry.tool, "arguments": args}),
+            Some(token),
+        )
+        .await;
+    let upstream_result = match answer {
+        Ok(r) => r,
+        Err(e) => {
+            let (reply, code) = match &e {
+                UpstreamError::Rpc {
+                    code,
+                    message,
+                    data,
+                } => (
+                    error(id, *code, message.clone(), data.clone()),
+                    "upstream_error",
+                ),
+                UpstreamError::Timeout { .. } => (
+                    error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None),
+                    "upstream_timeout",
+                ),
+                _ => (
+                    error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None),
+                    "upstream_unavailable",
+                ),
+            };
+            complete(&mut session, &call, Some(code.into())).await;
+            finish(ctx, draft, Some(session), facts, Some(code.into())).await;
+            return reply;
+        }
+    };
+
+    // Response side: the tool result passes on-response (redaction, checks).
+    let text = upstream_result.to_string();
+    let reply = match session.on_response(&call, text).await {
+        Ok(body) => match serde_json::from_str::<Value>(&body) {
+            Ok(mut v @ Value::Object(_)) => {
+                facts.is_error = Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                mark(&mut v, ctx.modern);
+                Ok(result(id, v))
+            }
+            _ => Err((
+                "internal_error".to_string(),
+                error(
+                    id,
+                    jsonrpc::INTERNAL_ERROR,
+                    "a plugin rewrote the tool result into something that is not a JSON object",
+                    None,
+                ),
+            )),
+        },
+        Err(CallError::Denied { code, message, .. }) => {
+            facts.is_error = Some(true);
+            Err((code, result(id, tool_error(message))))
+        }
+        Err(e) => Err((
+            e.code().to_string(),
+            error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None),
+        )),
+    };
+    match reply {
+        Ok(r) => {
+            complete(&mut session, &call, None).await;
+            finish(ctx, draft, Some(session), facts, None).await;
+            r
+        }
+        Err((code, r)) => {
+            complete(&mut session, &call, Some(code.clone())).await;
+            finish(ctx, draft, Some(session), facts, Some(code)).await;
+            r
+        }
+    }
+}
+
+async fn complete(session: &mut CallSession, call: &Call, error_code: Option<String>) {
+    let usage = Usage {
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_tokens: 0,
+        cost: 0,
+        served_by: String::new(),
+    };
+    let done = Completion {
+        status: 200,
+        error_code,
+        truncated: false,
+    };
+    session.on_complete(call, &usage, &done).await;
+}

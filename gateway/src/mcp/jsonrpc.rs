@@ -1,0 +1,97 @@
+//! JSON-RPC 2.0 as `/mcp` speaks it: message shapes, the spec's error codes, and answers as
+//! JSON or as a one-event SSE stream (for clients that accept only `text/event-stream`).
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::error::CallError;
+use crate::wire::GatewayBody;
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Session not found (the TS SDK's code; the spec fixes only the 404).
+pub const SESSION_NOT_FOUND: i64 = -32001;
+/// 2026-07-28: an `Mcp-Method`/`Mcp-Name` header disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: unsupported protocol version (with `data.supported`).
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// Palisade's own codes, outside the reserved range: the agent key was refused.
+pub const UNAUTHORIZED: i64 = -31001;
+/// The gateway cannot serve the call (audit log down, chain token refused, ...).
+pub const REFUSED: i64 = -31002;
+
+pub fn error(id: &Value, code: i64, message: impl Into<String>, data: Option<Value>) -> Value {
+    let mut e = json!({"code": code, "message": message.into()});
+    if let Some(d) = data {
+        e["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": e})
+}
+
+pub fn result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// A tool result the model can read and act on.
+pub fn tool_error(text: impl Into<String>) -> Value {
+    json!({"content": [{"type": "text", "text": text.into()}], "isError": true})
+}
+
+/// A gateway error (authentication, body limits, audit) as a JSON-RPC error with the HTTP
+/// status of [`CallError::status`] and the stable code in `data.code`.
+pub fn call_error(id: &Value, e: &CallError) -> (StatusCode, Value) {
+    let code = match e {
+        CallError::Unauthorized(_) => UNAUTHORIZED,
+        CallError::BadRequest { .. } | CallError::PayloadTooLarge { .. } => INVALID_REQUEST,
+        CallError::Internal(_) | CallError::PluginFailed { .. } => INTERNAL_ERROR,
+        _ => REFUSED,
+    };
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        error(id, code, e.to_string(), Some(json!({"code": e.code()}))),
+    )
+}
+
+/// Whether the client wants SSE: it accepts `text/event-stream` but not `application/json`.
+pub fn wants_sse(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    accept.contains("text/event-stream")
+        && !accept.contains("application/json")
+        && !accept.contains("*/*")
+}
+
+/// An answer carrying one JSON-RPC message.
+pub fn answer(status: StatusCode, msg: &Value, sse: bool) -> Response<GatewayBody> {
+    let (ctype, body) = if sse {
+        (
+            "text/event-stream",
+            format!("event: message\ndata: {msg}\n\n"),
+        )
+    } else {
+        ("application/json", msg.to_string())
+    };
+    let mut r = Response::new(GatewayBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    // Answers are per agent (filtered lists): never cached by anything in between.
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `202 Accepted`, no body (notifications and client responses).
+pub fn accepted() -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(""));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}

@@ -1,0 +1,374 @@
+//! Upstream MCP servers, as Palisade's client: [`Server`] is one configured server, reached
+//! over Streamable HTTP ([`HttpServer`], below) or stdio (`super::stdio`).
+//!
+//! Upstream sessions are Palisade's business: an HTTP server gets one upstream session per
+//! agent session (opened lazily with `initialize` + `notifications/initialized`, reopened once
+//! if the server forgot it, closed with `DELETE` when the agent's session ends), so agents never
+//! share server-side state. A stdio server is a single client's process and is shared. Requests
+//! carry only the headers Palisade holds for the server and the delegation chain token, never
+//! the agent's key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use super::settings::{ServerKind, ServerSettings};
+use super::stdio::StdioServer;
+
+/// The protocol version Palisade speaks to upstream servers.
+pub const UPSTREAM_VERSION: &str = "2025-11-25";
+/// Largest answer read from an upstream server.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Why an upstream request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The server answered with a JSON-RPC error.
+    #[error("{message}")]
+    Rpc {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+    #[error("MCP server '{server}' could not be reached: {message}")]
+    Unavailable { server: String, message: String },
+    #[error("MCP server '{server}' did not answer within {} ms", .after.as_millis())]
+    Timeout { server: String, after: Duration },
+    #[error("MCP server '{server}' answered something that is not MCP: {message}")]
+    Protocol { server: String, message: String },
+}
+
+/// One configured upstream server.
+pub enum Server {
+    Http(HttpServer),
+    Stdio(StdioServer),
+}
+
+impl Server {
+    pub fn new(settings: &ServerSettings, timeout: Duration) -> Server {
+        match &settings.kind {
+            ServerKind::Http { url, headers } => Server::Http(HttpServer::new(
+                &settings.name,
+                url,
+                headers.clone(),
+                timeout,
+            )),
+            ServerKind::Stdio { .. } => Server::Stdio(StdioServer::start(settings, timeout)),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Server::Http(s) => &s.name,
+            Server::Stdio(s) => s.name(),
+        }
+    }
+
+    /// Send a request on behalf of the agent session `session` and return its `result`.
+    pub async fn request(
+        &self,
+        session: &str,
+        method: &str,
+        params: Value,
+        chain: Option<&str>,
+    ) -> Result<Value, UpstreamError> {
+        match self {
+            Server::Http(s) => s.request(session, method, params, chain).await,
+            Server::Stdio(s) => s.request(method, params).await,
+        }
+    }
+
+    /// The agent session ended: end what Palisade holds upstream for it.
+    pub async fn end_session(&self, session: &str) {
+        if let Server::Http(s) = self {
+            s.end_session(session).await;
+        }
+    }
+}
+
+/// The `result` of a JSON-RPC response, or its error.
+pub fn result_of(server: &str, msg: Value) -> Result<Value, UpstreamError> {
+    if let Some(e) = msg.get("error") {
+        return Err(UpstreamError::Rpc {
+            code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string(),
+            data: e.get("data").cloned(),
+        });
+    }
+    match msg {
+        Value::Object(mut m) => m.remove("result").ok_or_else(|| UpstreamError::Protocol {
+            server: server.to_string(),
+            message: "response has neither result nor error".into(),
+        }),
+        _ => Err(UpstreamError::Protocol {
+            server: server.to_string(),
+            message: "response is not an object".into(),
+        }),
+    }
+}
+
+/// The `initialize` request Palisade sends upstream.
+pub fn initialize_params() -> Value {
+    json!({
+        "protocolVersion": UPSTREAM_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "palisade", "version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
+#[derive(Clone)]
+struct UpstreamSession {
+    id: Option<String>,
+    version: String,
+}
+
+/// A Streamable HTTP server.
+pub struct HttpServer {
+    name: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    client: Client<HttpConnector, Full<Bytes>>,
+    sessions: Mutex<HashMap<String, UpstreamSession>>,
+    next_id: AtomicU64,
+}
+
+struct Answer {
+    status: StatusCode,
+    session_id: Option<String>,
+    body: Bytes,
+    sse: bool,
+}
+
+impl HttpServer {
+    fn new(name: &str, url: &str, headers: Vec<(String, String)>, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        HttpServer {
+            name: name.to_string(),
+            url: url.to_string(),
+            headers,
+            timeout,
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn unavailable(&self, message: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Unavailable {
+            server: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    fn protocol(&self, message: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Protocol {
+            server: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn post(
+        &self,
+        method: Method,
+        body: Option<&Value>,
+        session: Option<&UpstreamSession>,
+        chain: Option<&str>,
+    ) -> Result<Answer, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&self.url)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json");
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(s) = session {
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id.as_str());
+            }
+            req = req.header("mcp-protocol-version", s.version.as_str());
+        }
+        if let Some(c) = chain {
+            req = req.header(crate::chain::HEADER, c);
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| self.unavailable(e))?;
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let status = resp.status();
+            let session_id = resp
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let sse = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| self.unavailable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                session_id,
+                body,
+                sse,
+            })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                server: self.name.clone(),
+                after: self.timeout,
+            })?
+    }
+
+    /// The JSON-RPC response with this id in a JSON or SSE answer.
+    fn response_in(&self, answer: &Answer, id: u64) -> Result<Value, UpstreamError> {
+        let is_ours = |v: &Value| v.get("id").and_then(Value::as_u64) == Some(id);
+        if answer.sse {
+            let text = String::from_utf8_lossy(&answer.body);
+            for event in text.split("\n\n") {
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n"))
+                    && is_ours(&v)
+                {
+                    return Ok(v);
+                }
+            }
+            Err(self.protocol("the event stream ended without the response"))
+        } else {
+            let v: Value = serde_json::from_slice(&answer.body)
+                .map_err(|e| self.protocol(format!("answer is not JSON: {e}")))?;
+            Ok(v)
+        }
+    }
+
+    async fn open_session(&self) -> Result<UpstreamSession, UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let init = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": initialize_params()});
+        let answer = self.post(Method::POST, Some(&init), None, None).await?;
+        if !answer.status.is_success() {
+            return Err(self.unavailable(format!("initialize answered {}", answer.status)));
+        }
+        let result = result_of(&self.name, self.response_in(&answer, id)?)?;
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(UPSTREAM_VERSION)
+            .to_string();
+        let session = UpstreamSession {
+            id: answer.session_id,
+            version,
+        };
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let a = self
+            .post(Method::POST, Some(&note), Some(&session), None)
+            .await?;
+        if !a.status.is_success() {
+            return Err(
+                self.unavailable(format!("notifications/initialized answered {}", a.status))
+            );
+        }
+        Ok(session)
+    }
+
+    async fn request(
+        &self,
+        key: &str,
+        method: &str,
+        params: Value,
+        chain: Option<&str>,
+    ) -> Result<Value, UpstreamError> {
+        let mut retried = false;
+        loop {
+            let known = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned();
+            let session = match known {
+                Some(s) => s,
+                None => {
+                    let s = self.open_session().await?;
+                    self.sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.to_string(), s.clone());
+                    s
+                }
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            let answer = self
+                .post(Method::POST, Some(&msg), Some(&session), chain)
+                .await?;
+            // The server forgot the session (restart, expiry): open a new one, once. Servers
+            // differ on the status (the spec says 404, the TS SDK answers 400).
+            let lost = answer.status == StatusCode::NOT_FOUND
+                || (answer.status == StatusCode::BAD_REQUEST
+                    && String::from_utf8_lossy(&answer.body).contains("session"));
+            if lost && !retried {
+                retried = true;
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                continue;
+            }
+            if !answer.status.is_success() && !answer.status.is_client_error() {
+                return Err(self.unavailable(format!("{method} answered {}", answer.status)));
+            }
+            return result_of(&self.name, self.response_in(&answer, id)?);
+        }
+    }
+
+    async fn end_session(&self, key: &str) {
+        let gone = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(s) = gone
+            && s.id.is_some()
+            && let Err(e) = self.post(Method::DELETE, None, Some(&s), None).await
+        {
+            tracing::debug!(server = %self.name, "upstream session not deleted: {e}");
+        }
+    }
+}
