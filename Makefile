@@ -18,12 +18,13 @@ setup:
 plugins:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	$(CARGO) build --quiet --target $(WASM_TARGET) --profile plugin \
-		-p palisade-plugin-model-allow -p palisade-plugin-depth -p palisade-plugin-budget -p palisade-plugin-pii -p palisade-fixture-plugin -p palisade-fixture-wrong-world -p palisade-fixture-trivial
+		-p palisade-plugin-model-allow -p palisade-plugin-depth -p palisade-plugin-budget -p palisade-plugin-pii -p palisade-plugin-approvals -p palisade-fixture-plugin -p palisade-fixture-wrong-world -p palisade-fixture-trivial
 	@mkdir -p $(DIST)
 	@cp $(OUT)/palisade_plugin_model_allow.wasm $(DIST)/model-allow.wasm
 	@cp $(OUT)/palisade_plugin_depth.wasm $(DIST)/depth.wasm
 	@cp $(OUT)/palisade_plugin_budget.wasm $(DIST)/budget.wasm
 	@cp $(OUT)/palisade_plugin_pii.wasm $(DIST)/pii.wasm
+	@cp $(OUT)/palisade_plugin_approvals.wasm $(DIST)/approvals.wasm
 	@cp $(OUT)/palisade_fixture_plugin.wasm $(DIST)/fixture.wasm
 	@cp $(OUT)/palisade_fixture_wrong_world.wasm $(DIST)/wrong-world.wasm
 	@cp $(OUT)/palisade_fixture_trivial.wasm $(DIST)/trivial.wasm

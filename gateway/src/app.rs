@@ -39,6 +39,8 @@ pub struct Gateway {
     pub audit: AuditSink,
     /// The ledger and key-value store behind the plugins' host imports.
     pub services: Arc<HostServices>,
+    /// Held calls and their human approvals.
+    pub approvals: crate::approvals::Gate,
     upstream: ArcSwap<Upstream>,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
@@ -94,6 +96,7 @@ impl Gateway {
         let gw = Arc::new(Gateway {
             upstream: ArcSwap::from_pointee(Upstream::new(rt.settings.upstream.clone())),
             policy,
+            approvals: crate::approvals::Gate::new(store.clone()),
             store,
             registry,
             audit,

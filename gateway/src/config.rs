@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// Prices per `provider/model` (or bare model), USD per million tokens.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    /// `[approvals]`: holding calls for human approval.
+    #[serde(default)]
+    pub approvals: crate::approvals::RawApprovals,
 }
 
 /// `[chain]`: the delegation chain token.
@@ -270,6 +273,7 @@ pub struct Settings {
     pub plugins: Vec<PluginSettings>,
     pub chain: ChainSettings,
     pub prices: BTreeMap<String, Price>,
+    pub approvals: crate::approvals::ApprovalSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,8 +560,10 @@ impl Settings {
                 )));
             }
         }
+        let approvals = raw.approvals.resolve().map_err(invalid)?;
 
         Ok(Settings {
+            approvals,
             chain,
             prices: raw.prices,
             path: path.to_path_buf(),
