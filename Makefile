@@ -22,7 +22,7 @@ setup:
 
 ## The shipped Rust plugins (crate palisade-plugin-NAME, built to dist/plugins/NAME.wasm) and the
 ## test fixtures (crate palisade-fixture-NAME, built to dist/plugins/NAME.wasm).
-RUST_PLUGINS := model-allow depth budget pii router tool-acl
+RUST_PLUGINS := model-allow depth budget pii router tool-acl approvals
 FIXTURES := plugin wrong-world trivial
 
 ## Build the shipped plugins and the test fixtures as Wasm components into dist/plugins/.

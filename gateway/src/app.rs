@@ -42,6 +42,8 @@ pub struct Gateway {
     pub audit: AuditSink,
     /// The ledger and key-value store behind the plugins' host imports.
     pub services: Arc<HostServices>,
+    /// Held calls and their human approvals.
+    pub approvals: crate::approvals::Gate,
     upstream: ArcSwap<Upstream>,
     /// Provider clients for the current `[[providers]]`, rebuilt when they change.
     providers: ArcSwap<ProviderSet>,
@@ -108,6 +110,7 @@ impl Gateway {
             metrics: Metrics::default(),
             mcp: crate::mcp::Hubs::new(&rt.settings.mcp),
             policy,
+            approvals: crate::approvals::Gate::new(store.clone()),
             store,
             registry,
             audit,

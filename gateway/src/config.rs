@@ -63,6 +63,9 @@ pub struct RawConfig {
     /// `[[mcp_servers]]`: the upstream MCP servers behind `/mcp`.
     #[serde(default)]
     pub mcp_servers: Vec<crate::mcp::settings::RawMcpServer>,
+    /// `[approvals]`: holding calls for human approval.
+    #[serde(default)]
+    pub approvals: crate::approvals::RawApprovals,
 }
 
 /// `[chain]`: the delegation chain token.
@@ -293,6 +296,7 @@ pub struct Settings {
     pub chain: ChainSettings,
     pub prices: BTreeMap<String, Price>,
     pub mcp: crate::mcp::settings::McpSettings,
+    pub approvals: crate::approvals::ApprovalSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -635,11 +639,13 @@ impl Settings {
                 )));
             }
         }
+        let approvals = raw.approvals.resolve().map_err(invalid)?;
 
         let mcp =
             crate::mcp::settings::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
         Ok(Settings {
             mcp,
+            approvals,
             chain,
             prices: raw.prices,
             path: path.to_path_buf(),

@@ -84,13 +84,16 @@ pub enum CallError {
         code: String,
         message: String,
     },
-    /// A plugin asked for human approval.
-    #[error("approval required by plugin '{plugin}' (rule '{rule}'): {summary}")]
+    /// A plugin asked for human approval; the call path hands the hold to
+    /// `crate::approvals::Gate`, so agents see [`CallError::Approval`] instead.
+    #[error("approval required by plugin '{plugin}' (rule '{}'): {}", .hold.rule, .hold.summary)]
     ApprovalRequired {
         plugin: String,
-        rule: String,
-        summary: String,
+        hold: Box<crate::plugins::bindings::Hold>,
     },
+    /// A held call may not go on: its approval is pending, rejected or expired.
+    #[error(transparent)]
+    Approval(Box<crate::approvals::Refusal>),
     /// A plugin failed and is configured to fail closed.
     #[error("policy plugin '{plugin}' {fault}; the call was refused (fail-closed)")]
     PluginFailed { plugin: String, fault: PluginFault },
@@ -131,6 +134,7 @@ impl CallError {
             | CallError::Conflict(_) => Source::Downstream,
             CallError::Denied { .. }
             | CallError::ApprovalRequired { .. }
+            | CallError::Approval(_)
             | CallError::PluginFailed { .. } => Source::Plugin,
             CallError::UpstreamStatus { .. }
             | CallError::UpstreamUnavailable { .. }
@@ -151,7 +155,7 @@ impl CallError {
                 400..=599 => *status,
                 _ => 403,
             },
-            CallError::ApprovalRequired { .. } => 403,
+            CallError::ApprovalRequired { .. } | CallError::Approval(_) => 403,
             CallError::PluginFailed { .. } => 500,
             CallError::UpstreamStatus { status, .. } => match *status {
                 // The agent's request was bad for the provider: say so with the same status.
@@ -179,6 +183,7 @@ impl CallError {
             CallError::MethodNotAllowed { .. } => "method_not_allowed",
             CallError::Denied { code, .. } => code,
             CallError::ApprovalRequired { .. } => "approval_required",
+            CallError::Approval(r) => r.status.code(),
             CallError::PluginFailed { fault, .. } => fault.code(),
             CallError::UpstreamStatus { .. } => "upstream_error",
             CallError::UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -197,6 +202,7 @@ impl CallError {
             CallError::Denied { plugin, .. }
             | CallError::ApprovalRequired { plugin, .. }
             | CallError::PluginFailed { plugin, .. } => Some(plugin),
+            CallError::Approval(r) => Some(&r.plugin),
             _ => None,
         }
     }

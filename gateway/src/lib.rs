@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod call;
 pub mod chain;

@@ -39,6 +39,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Init { config, admin } => Ok(palisade::cli::init::run(&config, &admin).await?),
         Command::Agents { api, command } => Ok(palisade::cli::admin::agents(&api, command).await?),
         Command::Users { api, command } => Ok(palisade::cli::admin::users(&api, command).await?),
+        Command::Approvals { api, command } => {
+            Ok(palisade::cli::approvals::run(&api, command).await?)
+        }
         Command::Audit { api, command } => Ok(palisade::cli::admin::audit(&api, command).await?),
         Command::Spend {
             api,

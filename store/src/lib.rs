@@ -14,9 +14,11 @@
 //! them as RFC 3339 for export.
 //!
 //! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`],
-//! [`ledger`] (the spend counters behind budgets), and [`export`] for the CSV and JSONL writers.
+//! [`ledger`] (the spend counters behind budgets), [`approvals`] (held calls, votes, approver
+//! groups), and [`export`] for the CSV and JSONL writers.
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 mod error;
 pub mod export;
@@ -38,6 +40,9 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Postgres, Sqlite, Transaction};
 
 pub use agents::{Agent, AgentStatus, AgentUpdate, ConfigAgent, NewAgent, SyncReport};
+pub use approvals::{
+    Approval, ApprovalState, Attached, Claim, Decision, Execution, NewApproval, Vote,
+};
 pub use audit::{AuditFilter, AuditRecord, BadRow, NewAuditEvent, VerifyReport};
 pub use error::StoreError;
 pub use export::ExportFormat;

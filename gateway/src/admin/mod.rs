@@ -10,8 +10,12 @@
 //! | `GET /admin/api/audit/export`, `GET /admin/api/audit/verify` | admin, auditor |
 //! | `GET /admin/api/spend?window=day&scope=agent:`, `GET /admin/api/spend/runs/{id}` | admin, auditor |
 //! | `GET`/`POST /admin/api/users`, `POST /admin/api/users/{id}/tokens` | admin |
+//! | `GET /admin/api/approvals[?status=pending]`, `GET /admin/api/approvals/{id}` | admin, approver, auditor |
+//! | `POST /admin/api/approvals/{id}/decisions` | admin, approver (group members, not the agent's owner) |
+//! | `GET /admin/api/users/{id}/groups` / `PUT` | any / admin |
 
 mod agents;
+mod approvals;
 mod audit;
 pub mod auth;
 pub mod query;
@@ -114,6 +118,13 @@ pub async fn route(
         (&Method::GET, ["users"]) => users::list(gw, parts).await,
         (&Method::POST, ["users"]) => users::create(gw, parts, body).await,
         (&Method::POST, ["users", id, "tokens"]) => users::add_token(gw, parts, id).await,
+        (&Method::GET, ["users", id, "groups"]) => approvals::groups(gw, parts, id).await,
+        (&Method::PUT, ["users", id, "groups"]) => approvals::set_groups(gw, parts, id, body).await,
+        (&Method::GET, ["approvals"]) => approvals::list(gw, parts).await,
+        (&Method::GET, ["approvals", id]) => approvals::show(gw, parts, id).await,
+        (&Method::POST, ["approvals", id, "decisions"]) => {
+            approvals::decide(gw, parts, id, body).await
+        }
         _ => Err(CallError::NotFound {
             message: format!("no admin endpoint {m} {path}"),
         }),

@@ -14,6 +14,7 @@
 //!    reservations are released.
 //! 8. **Audit**: one event, whatever happened.
 
+pub mod held;
 pub mod request;
 pub mod spend_guard;
 pub mod stream;
@@ -254,7 +255,19 @@ async fn chat_inner(
 
     // Step 4: the plugin chain, request side.
     let session = session_slot.insert(rt.chain.session(request_id.clone()));
-    let decision = session.on_request(call).await?;
+    // A hold waits for its approval (`held`); once approved, this call holds the one claim to
+    // run it, and the chain goes on after the holding plugin.
+    let mut claim = None;
+    let decision = match session.on_request(call).await {
+        Err(CallError::ApprovalRequired { plugin, hold }) => {
+            match held::admit(gw, rt, call, &plugin, &hold).await? {
+                held::Held::Proceed(c) => claim = Some(c),
+                held::Held::Replay(resp) => return Ok(Reply::Done(resp, empty_usage())),
+            }
+            session.resume_after_hold(call).await?
+        }
+        other => other?,
+    };
     if gw.audit.settings().store_bodies {
         // After the chain, so what is kept is what its redaction left.
         draft.event.body = Some(call.body.clone());
@@ -319,6 +332,9 @@ async fn chat_inner(
             usage.served_by = target.clone();
             usage.cost = cost_of(price.as_ref(), &usage);
             let answer = session.on_response(call, answer).await?;
+            if let Some(c) = claim {
+                held::record(gw, c, StatusCode::OK, &answer).await;
+            }
             let mut r = json_response(StatusCode::OK, answer);
             add_provider(&mut r, &target);
             return Ok(Reply::Done(r, usage));

@@ -3,6 +3,7 @@
 //! admin API (`--url`, `--token`), so nothing the CLI does is out of reach of the API.
 
 pub mod admin;
+pub mod approvals;
 pub mod client;
 pub mod init;
 
@@ -95,6 +96,13 @@ pub enum Command {
         /// Show this run's delegation tree instead: who called whom, calls and cost per node.
         #[arg(long)]
         run: Option<String>,
+    },
+    /// Held calls waiting for humans: list, show, approve, reject; approver groups.
+    Approvals {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
     },
     /// The audit log: export and verify.
     Audit {

@@ -369,13 +369,9 @@ async fn tool_call(
                     facts.is_error = Some(true);
                     result(id, tool_error(message.clone()))
                 }
-                CallError::ApprovalRequired {
-                    plugin,
-                    rule,
-                    summary,
-                } => {
+                CallError::ApprovalRequired { plugin, hold } => {
                     facts.is_error = Some(true);
-                    result(id, on_hold(name, plugin, rule, summary))
+                    result(id, on_hold(name, plugin, &hold.rule, &hold.summary))
                 }
                 other => error(id, jsonrpc::INTERNAL_ERROR, other.to_string(), None),
             };

@@ -55,6 +55,7 @@ impl Chain {
             request_id,
             notes: Vec::new(),
             holds: Arc::default(),
+            held: None,
         }
     }
 }
@@ -89,6 +90,9 @@ pub struct CallSession {
     pub notes: Vec<PluginNote>,
     /// The ledger reservations the plugins hold in this call.
     holds: Arc<CallHolds>,
+    /// Where `on-request` stopped on a hold: the holding plugin's index and what the plugins
+    /// before it decided, so [`CallSession::resume_after_hold`] can go on once approved.
+    held: Option<(usize, RequestDecision)>,
 }
 
 fn verdict_name(v: &Verdict) -> &'static str {
@@ -181,10 +185,37 @@ impl CallSession {
         }
     }
 
-    /// Run `on-request` through the chain. `call.body` is replaced by rewrites.
+    /// Run `on-request` through the chain. `call.body` is replaced by rewrites. A hold stops
+    /// the chain with [`CallError::ApprovalRequired`]; once the approval lets the call go on,
+    /// [`CallSession::resume_after_hold`] runs the plugins after the holding one.
     pub async fn on_request(&mut self, call: &mut Call) -> Result<RequestDecision, CallError> {
-        let mut decision = RequestDecision::default();
-        for i in self.due(Hooks::ON_REQUEST) {
+        self.request_from(call, 0, RequestDecision::default()).await
+    }
+
+    /// Go on with `on-request` after the plugin whose hold an approval has now cleared.
+    /// Internal error if the chain did not stop on a hold.
+    pub async fn resume_after_hold(
+        &mut self,
+        call: &mut Call,
+    ) -> Result<RequestDecision, CallError> {
+        let (at, decision) = self
+            .held
+            .take()
+            .ok_or_else(|| CallError::Internal("no held request to resume".into()))?;
+        self.request_from(call, at + 1, decision).await
+    }
+
+    async fn request_from(
+        &mut self,
+        call: &mut Call,
+        from: usize,
+        mut decision: RequestDecision,
+    ) -> Result<RequestDecision, CallError> {
+        for i in self
+            .due(Hooks::ON_REQUEST)
+            .into_iter()
+            .filter(|&i| i >= from)
+        {
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_request(call).await,
                 Err(f) => Err(f),
@@ -214,10 +245,10 @@ impl CallSession {
                     });
                 }
                 Verdict::Hold(h) => {
+                    self.held = Some((i, decision));
                     return Err(CallError::ApprovalRequired {
                         plugin,
-                        rule: h.rule,
-                        summary: h.summary,
+                        hold: Box::new(h),
                     });
                 }
             }
@@ -260,8 +291,7 @@ impl CallSession {
                 Verdict::Hold(h) => {
                     return Err(CallError::ApprovalRequired {
                         plugin,
-                        rule: h.rule,
-                        summary: h.summary,
+                        hold: Box::new(h),
                     });
                 }
             }

@@ -19,7 +19,9 @@ fn openai_type(e: &CallError) -> &'static str {
         CallError::Conflict(_) => "invalid_request_error",
         CallError::AuditUnavailable => "server_error",
         CallError::Denied { status: 429, .. } => "rate_limit_error",
-        CallError::Denied { .. } | CallError::ApprovalRequired { .. } => "permission_error",
+        CallError::Denied { .. } | CallError::ApprovalRequired { .. } | CallError::Approval(_) => {
+            "permission_error"
+        }
         CallError::PluginFailed { .. } | CallError::Internal(_) => "server_error",
         CallError::UpstreamStatus { status: 429, .. } => "rate_limit_error",
         CallError::UpstreamStatus { .. }
@@ -39,6 +41,9 @@ pub fn openai_error_json(e: &CallError, request_id: &str) -> serde_json::Value {
     });
     if let Some(plugin) = e.plugin() {
         error["plugin"] = json!(plugin);
+    }
+    if let CallError::Approval(r) = e {
+        error["approval"] = r.status.to_json();
     }
     json!({ "error": error })
 }

@@ -1,0 +1,74 @@
+//! Held LLM calls: a plugin's hold goes to the approvals gate, which waits (bounded) for the
+//! humans. The call either runs, holding the one claim to execute it, or is answered with the
+//! approval's state (pending, rejected, expired) as an error a model can act on, or, when an
+//! identical call already ran, with that call's stored answer instead of a second execution.
+//!
+//! Outcomes are stored as `{"status": <http status>, "body": "<answer>"}`. A claimed call that
+//! fails before its answer (upstream error, a plugin's deny, a dropped stream) leaves its claim
+//! to record that the operation may have run: it is never run twice.
+
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::app::Gateway;
+use crate::approvals::{Admission, ExecutionClaim, HeldCall};
+use crate::error::CallError;
+use crate::plugins::Runtime;
+use crate::plugins::bindings::{Call, Hold};
+use crate::wire::GatewayBody;
+use crate::wire::errors::json_response;
+
+/// A held call the gate let through.
+pub enum Held {
+    /// Approved, and this call runs it.
+    Proceed(ExecutionClaim),
+    /// Already ran: the stored answer.
+    Replay(Response<GatewayBody>),
+}
+
+/// Hand a hold to the gate; a pending, rejected or expired approval is the call's error.
+pub async fn admit(
+    gw: &Gateway,
+    rt: &Runtime,
+    call: &Call,
+    plugin: &str,
+    hold: &Hold,
+) -> Result<Held, CallError> {
+    let held = HeldCall { call, plugin, hold };
+    match gw.approvals.admit(&rt.settings.approvals, held).await? {
+        Admission::Proceed(claim) => Ok(Held::Proceed(claim)),
+        Admission::AlreadyExecuted { status, outcome } => {
+            let stored: serde_json::Value = serde_json::from_str(&outcome).unwrap_or_default();
+            let code = stored["status"].as_u64().unwrap_or(0);
+            let body = stored["body"].as_str().unwrap_or_default();
+            match u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                Some(code) => {
+                    let mut r = json_response(code, body.to_string());
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("{}; replayed", status.id))
+                    {
+                        r.headers_mut().insert("palisade-approval", v);
+                    }
+                    Ok(Held::Replay(r))
+                }
+                None => Err(CallError::Conflict(format!(
+                    "approval {} was already used by an identical call whose answer was not \
+                     kept; it will not run again",
+                    status.id
+                ))),
+            }
+        }
+        Admission::Refused(r) => Err(CallError::Approval(Box::new(r))),
+    }
+}
+
+/// Store a claimed call's answer for later identical calls.
+pub async fn record(gw: &Gateway, claim: ExecutionClaim, status: StatusCode, body: &str) {
+    let id = claim.approval_id().to_string();
+    let outcome = json!({"status": status.as_u16(), "body": body}).to_string();
+    if let Err(e) = gw.approvals.record_outcome(claim, &outcome).await {
+        tracing::error!(approval = %id, "cannot store an approved call's outcome: {e}");
+    }
+}
