@@ -2,8 +2,11 @@
 //! out as OpenAI chat completions with the gateway's provider key (never the agent's), with
 //! connect and first-byte timeouts, and upstream failures become typed [`CallError`]s.
 
+pub mod anthropic;
 pub mod dialect;
+pub mod gemini;
 pub mod sse;
+pub mod translate;
 
 use std::time::Duration;
 
