@@ -1,4 +1,5 @@
-//! Relaying a streamed answer: upstream SSE chunks in, plugin-rewritten chunks out.
+//! Relaying a streamed answer: upstream SSE chunks in, plugin-rewritten chunks out (written in
+//! the caller's format by the relay's [`super::format::Egress`]).
 //!
 //! Each text delta passes `on-text` (on the call's own plugin instances, so a plugin can carry
 //! text across deltas); before the finishing chunk the plugins flush what they carried. The
@@ -24,7 +25,6 @@ use crate::plugins::CallSession;
 use crate::plugins::bindings::{Call, Completion};
 use crate::providers::sse::SseReader;
 use crate::wire::GatewayBody;
-use crate::wire::errors::openai_error_json;
 
 pub struct Relay {
     pub session: CallSession,
@@ -36,6 +36,8 @@ pub struct Relay {
     pub price: Option<crate::config::Price>,
     /// Keeps the plugins' reservations ahead of the stream (`None`: let it overrun).
     pub guard: Option<SpendGuard>,
+    /// Writes the canonical chunks in the caller's format.
+    pub egress: super::format::Egress,
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
@@ -45,8 +47,14 @@ pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: Incoming) -> GatewayBody 
     body
 }
 
-fn event(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+/// Send events in order; false once the agent went away.
+async fn send_all(tx: &mpsc::Sender<Bytes>, events: Vec<Bytes>) -> bool {
+    for e in events {
+        if tx.send(e).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 enum End {
@@ -152,7 +160,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
                 break 'relay End::Failed(e);
             }
             out_chars = sending;
-            if tx.send(event(&chunk.to_string())).await.is_err() {
+            if !send_all(&tx, r.egress.chunk(&chunk)).await {
                 break 'relay End::ClientGone;
             }
         }
@@ -162,15 +170,13 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
         End::Done => (200, None, false),
         End::ClientGone => (499, None, true),
         End::Failed(e) => {
-            let _ = tx
-                .send(event(&openai_error_json(e, &r.request_id).to_string()))
-                .await;
+            let _ = tx.send(r.egress.error(e, &r.request_id)).await;
             (e.status(), Some(e), true)
         }
     };
     let sync = gw.audit.settings().durability == Durability::Sync;
     if matches!(end, End::Done) && !sync {
-        let _ = tx.send(event("[DONE]")).await;
+        send_all(&tx, r.egress.done()).await;
     }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
@@ -195,10 +201,10 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: Incoming, tx: mpsc::S
     r.session.finish();
     if matches!(end, End::Done) && sync {
         let last = match recorded {
-            Ok(()) => event("[DONE]"),
-            Err(e) => event(&openai_error_json(&e, &r.request_id).to_string()),
+            Ok(()) => r.egress.done(),
+            Err(e) => vec![r.egress.error(&e, &r.request_id)],
         };
-        let _ = tx.send(last).await;
+        send_all(&tx, last).await;
     }
 }
 
@@ -262,7 +268,9 @@ async fn flush(
     if let Some(o) = chunk.as_object_mut() {
         o.retain(|_, v| !v.is_null());
     }
-    tx.send(event(&chunk.to_string()))
-        .await
-        .map_err(|_| End::ClientGone)
+    if send_all(tx, r.egress.chunk(&chunk)).await {
+        Ok(())
+    } else {
+        Err(End::ClientGone)
+    }
 }
