@@ -520,3 +520,138 @@ impl StreamEncoder {
 pub fn error_json(e: &CallError) -> Value {
     json!({"type": "error", "error": {"type": error_type(e.status()), "message": e.to_string()}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(v: Value) -> Value {
+        serde_json::from_slice(&to_canonical(v.to_string().as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn request_becomes_canonical_with_tools_and_results() {
+        let c = canon(json!({
+            "model": "claude-x", "max_tokens": 64, "stream": true,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "stop_sequences": ["END"], "metadata": {"user_id": "u1"},
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C", "is_error": true}, {"type": "text", "text": "and?"}]}
+            ]
+        }));
+        let m = c["messages"].as_array().unwrap();
+        assert_eq!(m[0], json!({"role": "system", "content": "Be brief."}));
+        assert_eq!(
+            m[1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AAA"
+        );
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "Error: 18C"})
+        );
+        assert_eq!(m[4]["role"], "user");
+        assert_eq!(c["tool_choice"], "required");
+        assert_eq!(c["parallel_tool_calls"], false);
+        assert_eq!(c["stop"], json!(["END"]));
+        assert_eq!(c["user"], "u1");
+        assert_eq!(c["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn what_cannot_be_carried_is_refused() {
+        for extra in [
+            json!({"top_k": 5}),
+            json!({"thinking": {"type": "enabled"}}),
+        ] {
+            let mut r = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+            r.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let e = to_canonical(r.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.status(), 400);
+        }
+        let no_max = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        assert!(to_canonical(no_max.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn answer_becomes_a_message_with_cache_split_usage() {
+        let a = json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 60}}});
+        let m: Value = serde_json::from_str(&message(&a.to_string()).unwrap()).unwrap();
+        assert_eq!(m["stop_reason"], "tool_use");
+        assert_eq!(
+            m["content"][0],
+            json!({"type": "tool_use", "id": "call_9", "name": "f", "input": {"a": 1}})
+        );
+        assert_eq!(m["usage"]["input_tokens"], 40);
+        assert_eq!(m["usage"]["cache_read_input_tokens"], 60);
+        assert!(m["id"].as_str().unwrap().starts_with("msg_"));
+    }
+
+    #[test]
+    fn stream_encoder_emits_blocks_in_order() {
+        let mut e = StreamEncoder::default();
+        let ch = |delta: Value, finish: Value| json!({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        let mut out = Vec::new();
+        out.extend(e.chunk(&ch(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )));
+        out.extend(e.chunk(&ch(json!({"content": "Hi"}), Value::Null)));
+        out.extend(e.chunk(&ch(json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}]}), Value::Null)));
+        out.extend(e.chunk(&ch(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}),
+            Value::Null,
+        )));
+        out.extend(e.chunk(&ch(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            Value::Null,
+        )));
+        out.extend(e.chunk(&ch(json!({}), json!("tool_calls"))));
+        out.extend(e.chunk(&json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})));
+        out.extend(e.done());
+        let events: Vec<Value> = out
+            .iter()
+            .map(|b| {
+                let s = std::str::from_utf8(b).unwrap();
+                serde_json::from_str(s.split("data: ").nth(1).unwrap().trim()).unwrap()
+            })
+            .collect();
+        let kinds: Vec<&str> = events.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(events[4]["content_block"]["id"], "call_1");
+        assert_eq!(events[4]["index"], 1);
+        assert_eq!(
+            events[5]["delta"],
+            json!({"type": "input_json_delta", "partial_json": "{\"a\":"})
+        );
+        assert_eq!(events[8]["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events[8]["usage"]["input_tokens"], 9);
+        assert_eq!(events[8]["usage"]["output_tokens"], 4);
+    }
+}
