@@ -1,8 +1,22 @@
-//! `mock-upstream`: a fast fake OpenAI-compatible LLM provider for Palisade's integration tests,
-//! benchmarks and demo. It answers `GET /v1/models` and `POST /v1/chat/completions` (whole and
-//! streamed) with a deterministic echo, injects faults per request (status, latency, dropped
-//! connections, slow streams; see [`faults`]), and records every request it receives in a
-//! [`MockState`] that tests can inspect (`GET /_mock/requests` shows it to humans).
+//! `mock-upstream`: a fast fake LLM provider for Palisade's integration tests, benchmarks and
+//! demo, with three faces on one port, each speaking its provider's real wire format (whole and
+//! streamed, tool calls included, see [`tools`]):
+//!
+//! - OpenAI: `GET /v1/models`, `POST /v1/chat/completions` ([`openai`]);
+//! - Anthropic: `POST /v1/messages` ([`anthropic`]);
+//! - Gemini: `POST /v1beta/models/{model}:generateContent` and
+//!   `:streamGenerateContent?alt=sse` ([`gemini`]).
+//!
+//! All answer with a deterministic echo, inject faults per request (status, latency, dropped
+//! connections, slow streams; see [`faults`]; errors in each face's own error shape), and record
+//! every request they receive in a [`MockState`] that tests can inspect (`GET /_mock/requests`
+//! shows it to humans).
+//!
+//! **Down switch** (for breaker and failover tests): `POST /_mock/down` makes every provider
+//! request answer 503 in its face's error shape; `POST /_mock/down?mode=drop` makes the mock
+//! close each provider connection without answering; `POST /_mock/up` brings it back.
+//! [`MockState::set_down`] does the same from Rust. `/health` and `/_mock/*` keep working while
+//! down. (For connection refused, stop the mock or point at a closed port.)
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -13,14 +27,17 @@
 //! # }
 //! ```
 
+pub mod anthropic;
 mod body;
 pub mod faults;
+pub mod gemini;
 pub mod openai;
+pub mod tools;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +100,17 @@ struct Inner {
     requests: Mutex<VecDeque<RecordedRequest>>,
     max_recorded: usize,
     next_id: AtomicU64,
+    /// 0 up, 1 down answering 503, 2 down dropping connections.
+    down: AtomicU8,
+}
+
+/// How the mock behaves while down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Every provider request gets a 503 in its face's error shape.
+    Unavailable,
+    /// Every provider connection is closed without an answer.
+    Drop,
 }
 
 impl Default for MockState {
@@ -113,6 +141,7 @@ impl MockState {
                 requests: Mutex::new(VecDeque::new()),
                 max_recorded,
                 next_id: AtomicU64::new(1),
+                down: AtomicU8::new(0),
             }),
         }
     }
@@ -130,6 +159,25 @@ impl MockState {
     /// Forgets the recorded requests.
     pub fn clear(&self) {
         self.lock().clear();
+    }
+
+    /// Take the mock down (`Some`) or bring it back (`None`).
+    pub fn set_down(&self, down: Option<Down>) {
+        let v = match down {
+            None => 0,
+            Some(Down::Unavailable) => 1,
+            Some(Down::Drop) => 2,
+        };
+        self.inner.down.store(v, Ordering::SeqCst);
+    }
+
+    /// Whether the mock is down, and how.
+    pub fn down(&self) -> Option<Down> {
+        match self.inner.down.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(Down::Unavailable),
+            _ => Some(Down::Drop),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<RecordedRequest>> {
@@ -245,7 +293,32 @@ async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
             *res.status_mut() = StatusCode::NO_CONTENT;
             return Ok(res);
         }
+        (&Method::POST, "/_mock/down") => {
+            let drop = req.uri().query().is_some_and(|q| q.contains("mode=drop"));
+            state.set_down(Some(if drop { Down::Drop } else { Down::Unavailable }));
+            return Ok(response(
+                StatusCode::OK,
+                JSON,
+                Bytes::from_static(b"{\"down\":true}"),
+            ));
+        }
+        (&Method::POST, "/_mock/up") => {
+            state.set_down(None);
+            return Ok(response(
+                StatusCode::OK,
+                JSON,
+                Bytes::from_static(b"{\"down\":false}"),
+            ));
+        }
         _ => {}
+    }
+    let face = Face::of(req.uri().path());
+    match state.down() {
+        Some(Down::Drop) => return Err(Dropped),
+        Some(Down::Unavailable) => {
+            return Ok(face.error(StatusCode::SERVICE_UNAVAILABLE, "mock-upstream is down"));
+        }
+        None => {}
     }
 
     let (parts, incoming) = req.into_parts();
@@ -289,6 +362,12 @@ async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
             ))
         }
         (&Method::POST, "/v1/chat/completions") => chat(&body, header_faults, &state).await,
+        (&Method::POST, "/v1/messages") => {
+            messages(&parts.headers, &body, header_faults, &state).await
+        }
+        (&Method::POST, path) if gemini::route(path).is_some() => {
+            generate(path, parts.uri.query(), &body, header_faults, &state).await
+        }
         (method, path) => {
             let message = format!("Invalid URL ({method} {path})");
             Ok(openai_error(
@@ -343,6 +422,27 @@ async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
         ),
     };
 
+    let calls = tools::calls(
+        &request.tools(),
+        &echoed,
+        request.user_turn(),
+        state.next_id(),
+    );
+    if !calls.is_empty() {
+        let answer = openai::Answer {
+            finish_reason: "tool_calls",
+            ..answer
+        };
+        if !stream {
+            return Ok(response(
+                StatusCode::OK,
+                JSON,
+                openai::tool_completion(&answer, &calls),
+            ));
+        }
+        let frames = openai::tool_stream_frames(&answer, &calls, request.include_usage());
+        return Ok(sse_response(frames, &faults));
+    }
     if !stream {
         return Ok(response(StatusCode::OK, JSON, openai::completion(&answer)));
     }
@@ -356,6 +456,176 @@ async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+fn sse_response(frames: VecDeque<Bytes>, faults: &Faults) -> Response<MockBody> {
+    let mut res = Response::new(MockBody::stream(
+        frames,
+        faults.chunk_delay,
+        faults.drop_after.is_some(),
+    ));
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// Which provider a path belongs to, for the shape of its errors.
+#[derive(Clone, Copy)]
+enum Face {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Face {
+    fn of(path: &str) -> Face {
+        if path == "/v1/messages" {
+            Face::Anthropic
+        } else if path.starts_with("/v1beta/") {
+            Face::Gemini
+        } else {
+            Face::OpenAi
+        }
+    }
+
+    fn error(self, status: StatusCode, message: &str) -> Response<MockBody> {
+        let mut res = match self {
+            Face::OpenAi => {
+                let kind = match status.as_u16() {
+                    429 => "rate_limit_error",
+                    500.. => "server_error",
+                    _ => "invalid_request_error",
+                };
+                openai_error(status, message, kind, "mock_injected")
+            }
+            Face::Anthropic => response(status, JSON, anthropic::error(status.as_u16(), message)),
+            Face::Gemini => response(status, JSON, gemini::error(status.as_u16(), message)),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+
+    /// Latency, then the injected status (in this face's shape), or a dropped non-stream.
+    async fn faults(
+        self,
+        faults: &Faults,
+        stream: bool,
+    ) -> Result<Option<Response<MockBody>>, Dropped> {
+        if let Some(latency) = faults.latency {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(status) = faults.status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = format!("mock-upstream injected {}", status.as_u16());
+            return Ok(Some(self.error(status, &message)));
+        }
+        if faults.drop_after.is_some() && !stream {
+            return Err(Dropped);
+        }
+        Ok(None)
+    }
+}
+
+async fn messages(
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+    header_faults: Faults,
+    state: &MockState,
+) -> Reply {
+    let face = Face::Anthropic;
+    if headers.get("anthropic-version").is_none() {
+        return Ok(face.error(
+            StatusCode::BAD_REQUEST,
+            "anthropic-version: header is required",
+        ));
+    }
+    let ask = match anthropic::parse(body) {
+        Ok(a) => a,
+        Err(m) => return Ok(face.error(StatusCode::BAD_REQUEST, &m)),
+    };
+    let (text_faults, echoed) = match faults::directives(&ask.user_text) {
+        Ok(found) => found,
+        Err(m) => return Ok(face.error(StatusCode::BAD_REQUEST, &m)),
+    };
+    let faults = header_faults.or(text_faults);
+    if let Some(early) = face.faults(&faults, ask.stream).await? {
+        return Ok(early);
+    }
+    let full = openai::reply(&ask.model, &echoed);
+    let (text, truncated) = openai::truncate(&full, Some(ask.max_tokens));
+    let n = state.next_id();
+    let calls = tools::calls(&ask.tools, &echoed, ask.user_turn, n);
+    let id = format!("msg_mock_{n}");
+    let answer = anthropic::Answer {
+        id: &id,
+        model: &ask.model,
+        text: if calls.is_empty() { text } else { "" },
+        calls: &calls,
+        truncated,
+        input_tokens: openai::tokens(ask.prompt_chars),
+    };
+    if !ask.stream {
+        return Ok(response(StatusCode::OK, JSON, anthropic::message(&answer)));
+    }
+    Ok(sse_response(
+        anthropic::stream_frames(&answer, faults.drop_after),
+        &faults,
+    ))
+}
+
+async fn generate(
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+    header_faults: Faults,
+    state: &MockState,
+) -> Reply {
+    let face = Face::Gemini;
+    let Some((model, stream)) = gemini::route(path) else {
+        return Ok(face.error(StatusCode::NOT_FOUND, "unknown method"));
+    };
+    if stream && !query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse")) {
+        return Ok(face.error(
+            StatusCode::BAD_REQUEST,
+            "mock-upstream streams only with alt=sse",
+        ));
+    }
+    let ask = match gemini::parse(body) {
+        Ok(a) => a,
+        Err(m) => return Ok(face.error(StatusCode::BAD_REQUEST, &m)),
+    };
+    let (text_faults, echoed) = match faults::directives(&ask.user_text) {
+        Ok(found) => found,
+        Err(m) => return Ok(face.error(StatusCode::BAD_REQUEST, &m)),
+    };
+    let faults = header_faults.or(text_faults);
+    if let Some(early) = face.faults(&faults, stream).await? {
+        return Ok(early);
+    }
+    let full = openai::reply(model, &echoed);
+    let (text, truncated) = openai::truncate(&full, ask.max_tokens);
+    let n = state.next_id();
+    let calls = tools::calls(&ask.tools, &echoed, ask.user_turn, n);
+    let id = format!("mock-{n}");
+    let answer = gemini::Answer {
+        id: &id,
+        model,
+        text: if calls.is_empty() { text } else { "" },
+        calls: &calls,
+        truncated,
+        prompt_tokens: openai::tokens(ask.prompt_chars),
+    };
+    if !stream {
+        return Ok(response(StatusCode::OK, JSON, gemini::response(&answer)));
+    }
+    Ok(sse_response(
+        gemini::stream_frames(&answer, faults.drop_after),
+        &faults,
+    ))
 }
 
 /// Waits the injected latency, then answers the injected status, or drops a non-stream.

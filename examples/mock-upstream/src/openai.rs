@@ -24,6 +24,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub tools: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +110,30 @@ impl ChatRequest {
             .find(|m| m.role == "user")
             .map(Message::text)
             .unwrap_or(Cow::Borrowed(""))
+    }
+
+    /// The offered function tools: (name, parameters schema).
+    pub fn tools(&self) -> Vec<(String, serde_json::Value)> {
+        self.tools
+            .iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t.pointer("/function/name")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    t.pointer("/function/parameters")
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The last message is the user's (not a tool result).
+    pub fn user_turn(&self) -> bool {
+        self.messages.last().is_some_and(|m| m.role == "user")
     }
 
     /// Estimated prompt tokens: ceil(chars / 4) over the text of all messages.
@@ -337,6 +363,77 @@ pub fn stream_frames(
             choices: &[],
             usage: Some(Some(a.usage)),
         }));
+    }
+    frames.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+    frames
+}
+
+/// A whole `chat.completion` whose answer is tool calls.
+pub fn tool_completion(a: &Answer<'_>, calls: &[crate::tools::Call]) -> Vec<u8> {
+    let calls: Vec<serde_json::Value> = calls
+        .iter()
+        .map(|c| {
+            serde_json::json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.args.to_string()}})
+        })
+        .collect();
+    serde_json::json!({
+        "id": a.id, "object": "chat.completion", "created": a.created, "model": a.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": calls},
+                     "logprobs": null, "finish_reason": "tool_calls"}],
+        "usage": a.usage,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A streamed answer of tool calls: the role chunk, per call a chunk with id and name then two
+/// argument deltas, the `tool_calls` finish chunk, usage if asked, `[DONE]`.
+pub fn tool_stream_frames(
+    a: &Answer<'_>,
+    calls: &[crate::tools::Call],
+    include_usage: bool,
+) -> VecDeque<Bytes> {
+    let mut frames = VecDeque::new();
+    let usage = if include_usage {
+        Some(serde_json::Value::Null)
+    } else {
+        None
+    };
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let mut c = serde_json::json!({"id": a.id, "object": "chat.completion.chunk",
+            "created": a.created, "model": a.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if let Some(u) = &usage {
+            c["usage"] = u.clone();
+        }
+        sse(&c)
+    };
+    frames.push_back(chunk(
+        serde_json::json!({"role": "assistant", "content": null}),
+        None,
+    ));
+    for (i, c) in calls.iter().enumerate() {
+        frames.push_back(chunk(
+            serde_json::json!({"tool_calls": [{"index": i, "id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": ""}}]}),
+            None,
+        ));
+        let args = c.args.to_string();
+        let (x, y) = crate::tools::halves(&args);
+        for part in [x, y] {
+            frames.push_back(chunk(
+                serde_json::json!({"tool_calls": [{"index": i, "function": {"arguments": part}}]}),
+                None,
+            ));
+        }
+    }
+    frames.push_back(chunk(serde_json::json!({}), Some("tool_calls")));
+    if include_usage {
+        frames.push_back(sse(
+            &serde_json::json!({"id": a.id, "object": "chat.completion.chunk",
+            "created": a.created, "model": a.model, "choices": [], "usage": a.usage}),
+        ));
     }
     frames.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     frames

@@ -1,5 +1,5 @@
 //! The life of a call, its steps in order in one place. Both ingress formats feed it (OpenAI
-//! now; Anthropic and MCP with their issues).
+//! and Anthropic, see [`format`]; MCP with its issue).
 //!
 //! 1. **Policy snapshot**: the whole call runs on the runtime (config, agents, chain) current
 //!    when it arrived, even if a reload swaps in another meanwhile.
@@ -14,6 +14,7 @@
 //!    reservations are released.
 //! 8. **Audit**: one event, whatever happened.
 
+pub mod format;
 pub mod held;
 pub mod request;
 pub mod spend_guard;
@@ -35,7 +36,8 @@ use crate::plugins::bindings::{Call, Completion, Usage};
 use crate::plugins::{CallSession, Runtime};
 use crate::providers::{failover, routes};
 use crate::wire::GatewayBody;
-use crate::wire::errors::{json_response, openai_error};
+use crate::wire::errors::json_response;
+use format::Ingress;
 
 /// Random id with a prefix, e.g. `req_1f0c...`.
 pub fn new_id(prefix: &str) -> String {
@@ -117,6 +119,26 @@ pub async fn chat_completions(
     parts: Parts,
     body: Incoming,
 ) -> Response<GatewayBody> {
+    llm_call(gw, request_id, parts, body, Ingress::OpenAi).await
+}
+
+/// `POST /v1/messages`: the same call, read and answered in Anthropic's format.
+pub async fn messages(
+    gw: &Arc<Gateway>,
+    request_id: Arc<str>,
+    parts: Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    llm_call(gw, request_id, parts, body, Ingress::Anthropic).await
+}
+
+async fn llm_call(
+    gw: &Arc<Gateway>,
+    request_id: Arc<str>,
+    parts: Parts,
+    body: Incoming,
+    ingress: Ingress,
+) -> Response<GatewayBody> {
     // Step 1: one policy snapshot for the whole call.
     let rt = gw.policy.current();
     let mut draft = Draft::new(&request_id, &rt, "llm-call");
@@ -133,6 +155,7 @@ pub async fn chat_completions(
         &mut session,
         &mut call,
         &mut token,
+        ingress,
     )
     .await;
     let (mut resp, usage, error) = match result {
@@ -142,7 +165,7 @@ pub async fn chat_completions(
             return resp;
         }
         Ok(Reply::Done(resp, usage)) => (resp, usage, None),
-        Err(e) => (openai_error(&e, &request_id), empty_usage(), Some(e)),
+        Err(e) => (ingress.error(&e, &request_id), empty_usage(), Some(e)),
     };
     add_chain(&mut resp, token.as_deref());
     let status = resp.status().as_u16();
@@ -172,7 +195,7 @@ pub async fn chat_completions(
     match recorded {
         // In sync mode an answer whose event could not be committed is not sent.
         Err(e) if gw.audit.settings().durability == Durability::Sync => {
-            openai_error(&e, &request_id)
+            ingress.error(&e, &request_id)
         }
         _ => resp,
     }
@@ -203,6 +226,7 @@ async fn chat_inner(
     session_slot: &mut Option<CallSession>,
     call_slot: &mut Option<Call>,
     token_slot: &mut Option<String>,
+    ingress: Ingress,
 ) -> Result<Reply, CallError> {
     // Step 2: identity, before the body is read.
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
@@ -223,6 +247,7 @@ async fn chat_inner(
 
     // Step 3: the body.
     let bytes = request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await?;
+    let bytes = ingress.canonical(bytes)?;
     let chat = request::parse_chat(&bytes)?;
     draft.event.target = chat.model.clone();
     draft.event.input_tokens = i64::from(chat.input_tokens);
@@ -335,7 +360,7 @@ async fn chat_inner(
             if let Some(c) = claim {
                 held::record(gw, c, StatusCode::OK, &answer).await;
             }
-            let mut r = json_response(StatusCode::OK, answer);
+            let mut r = ingress.answer(answer)?;
             add_provider(&mut r, &target);
             return Ok(Reply::Done(r, usage));
         }
@@ -357,6 +382,7 @@ async fn chat_inner(
             draft,
             wants_usage: chat.wants_usage,
             request_id: request_id.clone(),
+            egress: ingress.egress(),
             price,
             guard,
             served_by: target.clone(),

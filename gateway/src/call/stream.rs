@@ -1,5 +1,6 @@
 //! Relaying a streamed answer: canonical OpenAI chunks in (from the serving provider's dialect,
-//! through [`ChunkStream`], already past its first content), plugin-rewritten SSE out.
+//! through [`ChunkStream`], already past its first content), plugin-rewritten chunks out, written
+//! in the caller's format by the relay's [`super::format::Egress`].
 //!
 //! Each text delta passes `on-text` (on the call's own plugin instances, so a plugin can carry
 //! text across deltas); before the finishing chunk the plugins flush what they carried. The
@@ -23,7 +24,6 @@ use crate::plugins::CallSession;
 use crate::plugins::bindings::{Call, Completion};
 use crate::providers::chunks::{ChunkStream, Next};
 use crate::wire::GatewayBody;
-use crate::wire::errors::openai_error_json;
 
 pub struct Relay {
     pub session: CallSession,
@@ -37,6 +37,8 @@ pub struct Relay {
     pub guard: Option<SpendGuard>,
     /// The target that serves the stream (`provider/model`).
     pub served_by: String,
+    /// Writes the canonical chunks in the caller's format.
+    pub egress: super::format::Egress,
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
@@ -46,8 +48,14 @@ pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: ChunkStream) -> GatewayBo
     body
 }
 
-fn event(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+/// Send events in order; false once the agent went away.
+async fn send_all(tx: &mpsc::Sender<Bytes>, events: Vec<Bytes>) -> bool {
+    for e in events {
+        if tx.send(e).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 enum End {
@@ -130,7 +138,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
                 break 'relay End::Failed(e);
             }
             out_chars = sending;
-            if tx.send(event(&chunk.to_string())).await.is_err() {
+            if !send_all(&tx, r.egress.chunk(&chunk)).await {
                 break 'relay End::ClientGone;
             }
         }
@@ -140,15 +148,13 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
         End::Done => (200, None, false),
         End::ClientGone => (499, None, true),
         End::Failed(e) => {
-            let _ = tx
-                .send(event(&openai_error_json(e, &r.request_id).to_string()))
-                .await;
+            let _ = tx.send(r.egress.error(e, &r.request_id)).await;
             (e.status(), Some(e), true)
         }
     };
     let sync = gw.audit.settings().durability == Durability::Sync;
     if matches!(end, End::Done) && !sync {
-        let _ = tx.send(event("[DONE]")).await;
+        send_all(&tx, r.egress.done()).await;
     }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
@@ -174,10 +180,10 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
     r.session.finish();
     if matches!(end, End::Done) && sync {
         let last = match recorded {
-            Ok(()) => event("[DONE]"),
-            Err(e) => event(&openai_error_json(&e, &r.request_id).to_string()),
+            Ok(()) => r.egress.done(),
+            Err(e) => vec![r.egress.error(&e, &r.request_id)],
         };
-        let _ = tx.send(last).await;
+        send_all(&tx, last).await;
     }
 }
 
@@ -234,7 +240,9 @@ async fn flush(
     if let Some(o) = chunk.as_object_mut() {
         o.retain(|_, v| !v.is_null());
     }
-    tx.send(event(&chunk.to_string()))
-        .await
-        .map_err(|_| End::ClientGone)
+    if send_all(tx, r.egress.chunk(&chunk)).await {
+        Ok(())
+    } else {
+        Err(End::ClientGone)
+    }
 }

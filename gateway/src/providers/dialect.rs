@@ -2,6 +2,9 @@
 //! translates it into its provider's request, and the provider's answer (full or streamed) back
 //! into OpenAI shapes, so every step after the upstream sees one format only.
 //!
+//! This file dispatches; each provider's mapping lives in its own module (`anthropic`,
+//! `gemini`), with shared pieces in `translate`.
+//!
 //! What a provider cannot express is a [`TranslateError::Unsupported`] (a 400 naming it), never
 //! a silent drop. Keys go in headers built here and nowhere else.
 
@@ -94,7 +97,22 @@ impl Dialect {
                     headers: Vec::new(),
                 })
             }
-            Dialect::Anthropic | Dialect::Gemini => Err(self.not_yet()),
+            Dialect::Anthropic => Ok(Outgoing {
+                path: "/v1/messages".into(),
+                body: Bytes::from(super::anthropic::encode(canonical, model)?.to_string()),
+                headers: vec![(
+                    HeaderName::from_static("anthropic-version"),
+                    HeaderValue::from_static(super::anthropic::VERSION),
+                )],
+            }),
+            Dialect::Gemini => {
+                let stream = canonical.get("stream").and_then(Value::as_bool) == Some(true);
+                Ok(Outgoing {
+                    path: super::gemini::path(model, stream),
+                    body: Bytes::from(super::gemini::encode(canonical)?.to_string()),
+                    headers: Vec::new(),
+                })
+            }
         }
     }
 
@@ -111,7 +129,7 @@ impl Dialect {
     }
 
     /// A full provider answer as an OpenAI `chat.completion` object.
-    pub fn decode_response(self, body: &[u8], _model: &str) -> Result<Value, TranslateError> {
+    pub fn decode_response(self, body: &[u8], model: &str) -> Result<Value, TranslateError> {
         match self {
             Dialect::OpenAi => {
                 serde_json::from_slice(body).map_err(|e| TranslateError::Malformed {
@@ -119,27 +137,30 @@ impl Dialect {
                     message: e.to_string(),
                 })
             }
-            Dialect::Anthropic | Dialect::Gemini => Err(self.not_yet()),
+            Dialect::Anthropic => super::anthropic::decode(body),
+            Dialect::Gemini => super::gemini::decode(body, model),
         }
     }
 
     /// A decoder for one streamed answer.
-    pub fn stream_decoder(self, _model: &str) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStream { done: false })
+    pub fn stream_decoder(self, model: &str) -> Box<dyn StreamDecoder> {
+        match self {
+            Dialect::OpenAi => Box::new(OpenAiStream { done: false }),
+            Dialect::Anthropic => Box::new(super::anthropic::Stream::new(model)),
+            Dialect::Gemini => Box::new(super::gemini::Stream::new(model)),
+        }
     }
 
     /// The human message in a provider's error body, where it has one.
     pub fn error_message(self, body: &[u8]) -> Option<String> {
         let v: Value = serde_json::from_slice(body).ok()?;
-        v.pointer("/error/message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    }
-
-    fn not_yet(self) -> TranslateError {
-        TranslateError::Unsupported {
-            provider: self.name(),
-            what: "requests yet (adapter not built)".into(),
+        match self {
+            Dialect::OpenAi => v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            Dialect::Anthropic => super::anthropic::error_message(&v),
+            Dialect::Gemini => super::gemini::error_message(&v),
         }
     }
 }

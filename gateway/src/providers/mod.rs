@@ -2,14 +2,17 @@
 //! out as OpenAI chat completions with the gateway's provider key (never the agent's), with
 //! connect and first-byte timeouts, and upstream failures become typed [`CallError`]s.
 
+pub mod anthropic;
 pub mod breaker;
 pub mod chunks;
 pub mod client;
 pub mod config;
 pub mod dialect;
 pub mod failover;
+pub mod gemini;
 pub mod routes;
 pub mod sse;
+pub mod translate;
 
 use std::time::Duration;
 

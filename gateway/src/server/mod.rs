@@ -63,6 +63,9 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::POST, "/v1/chat/completions") => {
             call::chat_completions(gw, request_id.clone(), parts, body).await
         }
+        (&Method::POST, "/v1/messages") => {
+            call::messages(gw, request_id.clone(), parts, body).await
+        }
         (&Method::GET, "/v1/models") => match call::models(gw, parts).await {
             Ok(r) => r,
             Err(e) => openai_error(&e, &request_id),
@@ -89,7 +92,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
                 ),
             }
         }
-        (_, "/v1/chat/completions" | "/v1/models" | "/health" | "/metrics") => {
+        (_, "/v1/chat/completions" | "/v1/messages" | "/v1/models" | "/health" | "/metrics") => {
             let e = CallError::MethodNotAllowed {
                 method: parts.method.to_string(),
                 path,
