@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Init { config, admin } => Ok(palisade::cli::init::run(&config, &admin).await?),
         Command::Agents { api, command } => Ok(palisade::cli::admin::agents(&api, command).await?),
         Command::Users { api, command } => Ok(palisade::cli::admin::users(&api, command).await?),
+        Command::Plugin { command } => Ok(palisade::cli::plugin::run(command).await?),
         Command::Audit { api, command } => Ok(palisade::cli::admin::audit(&api, command).await?),
         Command::Spend {
             api,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod client;
 pub mod init;
+pub mod plugin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,11 @@ pub enum Command {
         /// Show this run's delegation tree instead: who called whom, calls and cost per node.
         #[arg(long)]
         run: Option<String>,
+    },
+    /// For plugin authors: scaffold, check and test a plugin without a running gateway.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
     /// The audit log: export and verify.
     Audit {
