@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use palisade::plugins::bindings::{Agent, Call, CallKind};
+use palisade::plugins::host::CallHolds;
 use palisade::plugins::{Chain, HostServices, Policy};
 
 const PLUGINS: [(&str, &str, &str); 3] = [
@@ -123,14 +124,15 @@ fn footprint(rt: &tokio::runtime::Runtime, lang: &str, plugin: &str, config: &st
     let p = chain.plugins[0].clone();
     const N: usize = 100;
     let rid: Arc<str> = Arc::from("req_bench");
+    let holds = Arc::new(CallHolds::default());
     let (instances, per_instance, rss_per_instance) = rt.block_on(async {
         // Warm the copy-on-write image and the pool slots once.
-        drop(p.checkout(&rid).await.unwrap());
+        drop(p.checkout(&rid, &holds).await.unwrap());
         let before = rss();
         let started = Instant::now();
         let mut live = Vec::with_capacity(N);
         for _ in 0..N {
-            live.push(p.checkout(&rid).await.unwrap());
+            live.push(p.checkout(&rid, &holds).await.unwrap());
         }
         let per = started.elapsed() / N as u32;
         let after = rss();

@@ -21,6 +21,7 @@ use crate::plugins::bindings::{
     Agent, Call, CallKind, Completion, Hooks, Outcome, Tool, Usage, Verdict,
 };
 use crate::plugins::engine::{EngineLimits, PluginEngine};
+use crate::plugins::host::CallHolds;
 use crate::plugins::instance::Instance;
 use crate::plugins::loaded::{self, LoadedPlugin};
 
@@ -454,7 +455,7 @@ async fn test(
     };
     let request_id: Arc<str> = Arc::from(call.request_id.as_str());
     let mut inst: Instance = plugin
-        .checkout(&request_id)
+        .checkout(&request_id, &Arc::new(CallHolds::default()))
         .await
         .map_err(|e| fault("instantiate", e))?;
     let mut report = Vec::new();
