@@ -7,7 +7,11 @@ WASM_TARGET := wasm32-wasip2
 DIST := dist/plugins
 OUT := target/$(WASM_TARGET)/plugin
 
-.PHONY: demo test plugins setup test-rust test-e2e bench lint
+.PHONY: demo test plugins setup test-rust test-e2e bench lint plugins-py plugins-js
+
+# Plugins in other languages (examples/plugins/): pinned tools, installed by `make setup`.
+COMPONENTIZE_PY_VERSION := 0.25.1
+JS_PLUGIN := examples/plugins/js
 
 MCP2_VENV := tests/e2e/.venv-mcp2
 
@@ -16,6 +20,8 @@ MCP2_VENV := tests/e2e/.venv-mcp2
 setup:
 	rustup target add $(WASM_TARGET)
 	python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+	python3 -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	npm ci --prefix $(JS_PLUGIN) --no-audit --no-fund --loglevel=error
 	test -x $(MCP2_VENV)/bin/python || python3 -m venv $(MCP2_VENV)
 	$(MCP2_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/e2e/requirements-mcp2.txt
 	cd tests/e2e/mcp-servers && npm ci --no-audit --no-fund --silent
@@ -33,7 +39,23 @@ plugins:
 	@mkdir -p $(DIST)
 	@$(foreach p,$(RUST_PLUGINS),cp $(OUT)/palisade_plugin_$(subst -,_,$(p)).wasm $(DIST)/$(p).wasm &&) true
 	@$(foreach f,$(FIXTURES),cp $(OUT)/palisade_fixture_$(subst -,_,$(f)).wasm $(DIST)/$(if $(filter plugin,$(f)),fixture,$(f)).wasm &&) true
+	@$(MAKE) --no-print-directory plugins-py plugins-js
 	@echo "plugins built into $(DIST)/"
+
+## The Python example plugin (componentize-py; WASI stubbed out: it imports only the host).
+plugins-py: $(DIST)/customer-guard-py.wasm
+$(DIST)/customer-guard-py.wasm: examples/plugins/python/customer_guard.py wit/policy.wit
+	@command -v componentize-py >/dev/null || python3 -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	@mkdir -p $(DIST)
+	componentize-py --wit-path wit --world plugin componentize --stub-wasi \
+		-p examples/plugins/python customer_guard -o $@
+
+## The JavaScript example plugin (componentize-js; every WASI feature disabled).
+plugins-js: $(DIST)/business-hours-js.wasm
+$(DIST)/business-hours-js.wasm: $(JS_PLUGIN)/business_hours.js $(JS_PLUGIN)/package-lock.json wit/policy.wit
+	@test -x $(JS_PLUGIN)/node_modules/.bin/componentize-js || npm ci --prefix $(JS_PLUGIN) --no-audit --no-fund --loglevel=error
+	@mkdir -p $(DIST)
+	cd $(JS_PLUGIN) && npm run --silent build
 
 demo: plugins
 	$(CARGO) run --quiet -p palisade -- demo

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Approvals { api, command } => {
             Ok(palisade::cli::approvals::run(&api, command).await?)
         }
+        Command::Plugin { command } => Ok(palisade::cli::plugin::run(command).await?),
         Command::Audit { api, command } => Ok(palisade::cli::admin::audit(&api, command).await?),
         Command::Spend {
             api,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod approvals;
 pub mod client;
 pub mod init;
+pub mod plugin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +104,11 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
+    },
+    /// For plugin authors: scaffold, check and test a plugin without a running gateway.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
     /// The audit log: export and verify.
     Audit {

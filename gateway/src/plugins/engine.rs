@@ -45,10 +45,13 @@ impl PluginEngine {
         let n = limits.max_instances;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n)
-            // A Rust wasip2 component holds a few core instances (module, adapter shims).
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(4))
+            // A Rust wasip2 component holds a few core instances (module, adapter shims); a
+            // Python (componentize-py) or JavaScript (StarlingMonkey) one holds dozens, with
+            // several memories and tables. The floors let a small pool still admit those; they
+            // only reserve address space, and a Rust plugin's per-call cost does not change.
+            .total_core_instances(n.saturating_mul(8).max(256))
+            .total_memories(n.saturating_mul(2).max(64))
+            .total_tables(n.saturating_mul(4).max(128))
             .total_stacks(n)
             .max_memory_size(limits.max_memory_bytes)
             .max_core_instances_per_component(64)
