@@ -209,8 +209,8 @@ class Agent:
     def __init__(self, session) -> None:
         self._s = session
 
-    async def call(self, name: str, args: dict) -> Answer:
-        r = await self._s.call_tool(name, args)
+    async def call(self, name: str, args: dict, progress=None) -> Answer:
+        r = await self._s.call_tool(name, args, progress_callback=progress)
         text = "".join(getattr(c, "text", "") for c in r.content)
         meta = r.meta or {}
         return Answer(bool(r.isError), text, meta.get(META))
@@ -304,6 +304,24 @@ def test_call_held_open_runs_when_approved_during_the_wait(gw: Gw) -> None:
     r = asyncio.run(asyncio.wait_for(go(), 60))
     assert r.is_error is False and r.text.startswith("sent email #"), r
     assert len(executed(gw, "email", subject="approved while waiting")) == 1
+
+
+def test_held_call_sends_progress_while_it_waits(gw: Gw) -> None:
+    args = email("progress please")
+    notes: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append((progress, message))
+
+    async def go():
+        async with agent(gw) as a:
+            return await a.call("pm__send_email", args, progress=on_progress)
+
+    r = asyncio.run(asyncio.wait_for(go(), 60))
+    pending(r)
+    assert notes and notes[0][0] == 1, "the held call streamed progress before its answer"
+    assert "human approval" in (notes[0][1] or "")
+    assert executed(gw, "email", subject="progress please") == []
 
 
 def test_changed_arguments_need_a_new_approval(gw: Gw) -> None:
