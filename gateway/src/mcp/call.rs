@@ -7,7 +7,11 @@
 //! Refusals: a tool the agent may not see, or that does not exist, is JSON-RPC -32602
 //! `Unknown tool` (hidden tools are indistinguishable from missing ones); forbidden arguments
 //! and other denials are a tool result with `isError: true` and the plugin's message, so the
-//! model can correct its call; a `hold` goes through [`on_hold`].
+//! model can correct its call; a `hold` goes to the approvals gate ([`gated`]): the call waits
+//! (bounded by `[approvals] wait_secs`) for the humans, then runs once holding the approval's
+//! execution claim, gets the stored result of the identical call that already ran, or is
+//! answered with a tool result (`isError: true`) saying where the approval stands, its state in
+//! `_meta["palisade/approval"]`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +25,10 @@ use super::catalog::Hub;
 use super::jsonrpc::{self, error, result, tool_error};
 use super::upstream::UpstreamError;
 use crate::app::{Gateway, now_ms};
+use crate::approvals::{Admission, ExecutionClaim, HeldCall};
 use crate::call::Draft;
 use crate::error::CallError;
-use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Completion, Tool, Usage};
+use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Completion, Hold, Tool, Usage};
 use crate::plugins::{CallSession, Runtime};
 use crate::registry::Agent;
 
@@ -270,13 +275,75 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// A `hold` verdict: human approval is required. Approvals are not built yet (issue 7): the
-/// call is refused with a tool result saying so. The approvals module plugs in here.
-pub fn on_hold(tool: &str, plugin: &str, rule: &str, summary: &str) -> Value {
-    tool_error(format!(
-        "Calling '{tool}' requires human approval (rule '{rule}' of policy plugin '{plugin}'): \
-         {summary}. The call was not made; no approval workflow is available yet."
-    ))
+/// The `_meta` key of an approval's state in a tool result.
+pub const APPROVAL_META: &str = "palisade/approval";
+
+/// What the approvals gate made of a held tool call.
+enum Gated {
+    /// Approved, and this call holds the one claim to run it.
+    Proceed(ExecutionClaim),
+    /// Answered without running: the stored result of the identical call that ran, or the
+    /// approval's state (pending, rejected, expired); with the audit's error code.
+    Answer(Value, Option<String>),
+}
+
+/// A tool result carrying the approval's state in `_meta`.
+fn with_approval(mut v: Value, approval: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        let meta = m.entry("_meta").or_insert_with(|| json!({}));
+        if let Value::Object(meta) = meta {
+            meta.insert(APPROVAL_META.into(), approval);
+        } else {
+            *meta = json!({ APPROVAL_META: approval });
+        }
+    }
+    v
+}
+
+/// Hand a hold to the approvals gate, which waits (bounded) for the humans.
+async fn gated(ctx: &Ctx<'_>, call: &Call, plugin: &str, hold: &Hold) -> Result<Gated, CallError> {
+    let held = HeldCall { call, plugin, hold };
+    match ctx
+        .gw
+        .approvals
+        .admit(&ctx.rt.settings.approvals, held)
+        .await?
+    {
+        Admission::Proceed(claim) => Ok(Gated::Proceed(claim)),
+        Admission::AlreadyExecuted { status, outcome } => {
+            let stored: Value = serde_json::from_str(&outcome).unwrap_or_default();
+            let mut meta = status.to_json();
+            meta["replayed"] = json!(true);
+            let result = match stored["body"].as_str().map(serde_json::from_str::<Value>) {
+                Some(Ok(v @ Value::Object(_))) if stored["status"] == 200 => v,
+                _ => {
+                    let text = format!(
+                        "approval {} was already used by an identical call whose result was not \
+                         kept; it will not run again",
+                        status.id
+                    );
+                    return Ok(Gated::Answer(
+                        with_approval(tool_error(text), meta),
+                        Some("approval_used".into()),
+                    ));
+                }
+            };
+            Ok(Gated::Answer(with_approval(result, meta), None))
+        }
+        Admission::Refused(r) => Ok(Gated::Answer(
+            with_approval(tool_error(r.status.message()), r.status.to_json()),
+            Some(r.status.code().into()),
+        )),
+    }
+}
+
+/// Store a claimed call's tool result for later identical calls (the LLM path's format).
+async fn record(ctx: &Ctx<'_>, claim: ExecutionClaim, result: &Value) {
+    let id = claim.approval_id().to_string();
+    let outcome = json!({"status": 200, "body": result.to_string()}).to_string();
+    if let Err(e) = ctx.gw.approvals.record_outcome(claim, &outcome).await {
+        tracing::error!(approval = %id, "cannot store an approved tool call's result: {e}");
+    }
 }
 
 async fn tool_call(
@@ -342,7 +409,29 @@ async fn tool_call(
 
     // The plugin chain, request side.
     let mut session = ctx.rt.chain.session(ctx.request_id.clone());
-    let decision = session.on_request(&mut call).await;
+    // A hold waits for its approval; once approved this call holds the one claim to run it,
+    // and the chain goes on after the holding plugin.
+    let mut claim = None;
+    let decision = match session.on_request(&mut call).await {
+        Err(CallError::ApprovalRequired { plugin, hold }) => {
+            match gated(ctx, &call, &plugin, &hold).await {
+                Ok(Gated::Proceed(c)) => {
+                    claim = Some(c);
+                    session.resume_after_hold(&mut call).await
+                }
+                Ok(Gated::Answer(mut v, code)) => {
+                    facts.is_error =
+                        Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                    mark(&mut v, ctx.modern);
+                    complete(&mut session, &call, code.clone()).await;
+                    finish(ctx, draft, Some(session), facts, code).await;
+                    return result(id, v);
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
     let args = match decision {
         Ok(d) if d.rewritten => match serde_json::from_str::<Value>(&call.body) {
             Ok(v @ Value::Object(_)) => v,
@@ -370,8 +459,17 @@ async fn tool_call(
                     result(id, tool_error(message.clone()))
                 }
                 CallError::ApprovalRequired { plugin, hold } => {
+                    // A second hold after an approval cleared the first: not supported.
                     facts.is_error = Some(true);
-                    result(id, on_hold(name, plugin, &hold.rule, &hold.summary))
+                    result(
+                        id,
+                        tool_error(format!(
+                            "Calling '{name}' is held twice (rule '{}' of policy plugin \
+                             '{plugin}': {}) after an approval cleared the first hold; one \
+                             approval rule per tool call is supported",
+                            hold.rule, hold.summary
+                        )),
+                    )
                 }
                 other => error(id, jsonrpc::INTERNAL_ERROR, other.to_string(), None),
             };
@@ -423,6 +521,11 @@ async fn tool_call(
         Ok(body) => match serde_json::from_str::<Value>(&body) {
             Ok(mut v @ Value::Object(_)) => {
                 facts.is_error = Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                if let Some(c) = claim.take() {
+                    let approval = c.status.to_json();
+                    record(ctx, c, &v).await;
+                    v = with_approval(v, approval);
+                }
                 mark(&mut v, ctx.modern);
                 Ok(result(id, v))
             }

@@ -15,6 +15,7 @@
 pub mod call;
 pub mod catalog;
 pub mod jsonrpc;
+pub mod progress;
 pub mod session;
 pub mod settings;
 pub mod stdio;
@@ -293,17 +294,42 @@ async fn post(
             Err(r) => return *r,
         }
     };
-    let ctx = call::Ctx {
-        gw,
-        rt: &rt,
-        hub: &hub,
-        agent: &agent,
-        request_id: &request_id,
-        session: &session_key,
-        headers: &parts.headers,
-        modern,
+    let (reply, token) = if let Some(progress_token) = (method == "tools/call")
+        .then(|| progress::wanted(&parts.headers, &params))
+        .flatten()
+    {
+        // Runs on its own task, so a call held for approval can stream progress meanwhile.
+        let (gw, headers, reply_id) = (gw.clone(), parts.headers.clone(), id.clone());
+        let work = tokio::spawn(async move {
+            let ctx = call::Ctx {
+                gw: &gw,
+                rt: &rt,
+                hub: &hub,
+                agent: &agent,
+                request_id: &request_id,
+                session: &session_key,
+                headers: &headers,
+                modern,
+            };
+            call::dispatch(&ctx, &method, &reply_id, params).await
+        });
+        match progress::follow(work, id, progress_token).await {
+            progress::Progress::Done(reply, token) => (reply, token),
+            progress::Progress::Streaming(r) => return r,
+        }
+    } else {
+        let ctx = call::Ctx {
+            gw,
+            rt: &rt,
+            hub: &hub,
+            agent: &agent,
+            request_id: &request_id,
+            session: &session_key,
+            headers: &parts.headers,
+            modern,
+        };
+        call::dispatch(&ctx, &method, &id, params).await
     };
-    let (reply, token) = call::dispatch(&ctx, &method, &id, params).await;
     let mut r = answer(StatusCode::OK, &reply, sse);
     if let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
         r.headers_mut().insert(crate::chain::HEADER, v);
