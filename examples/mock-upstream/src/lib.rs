@@ -2,7 +2,8 @@
 //! benchmarks and demo. It answers `GET /v1/models` and `POST /v1/chat/completions` (whole and
 //! streamed) with a deterministic echo, injects faults per request (status, latency, dropped
 //! connections, slow streams; see [`faults`]), and records every request it receives in a
-//! [`MockState`] that tests can inspect (`GET /_mock/requests` shows it to humans).
+//! [`MockState`] that tests can inspect (`GET /_mock/requests` shows it to humans). `POST /mcp`
+//! is a small fake MCP server (see [`mcp`]) whose `send_email` sends are counted in the state.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -15,6 +16,7 @@
 
 mod body;
 pub mod faults;
+pub mod mcp;
 pub mod openai;
 
 use std::collections::VecDeque;
@@ -83,6 +85,7 @@ struct Inner {
     requests: Mutex<VecDeque<RecordedRequest>>,
     max_recorded: usize,
     next_id: AtomicU64,
+    emails_sent: AtomicU64,
 }
 
 impl Default for MockState {
@@ -113,6 +116,7 @@ impl MockState {
                 requests: Mutex::new(VecDeque::new()),
                 max_recorded,
                 next_id: AtomicU64::new(1),
+                emails_sent: AtomicU64::new(0),
             }),
         }
     }
@@ -150,6 +154,16 @@ impl MockState {
             requests.pop_front();
         }
         requests.push_back(request);
+    }
+
+    /// How many `send_email` calls the MCP face has served.
+    pub fn emails_sent(&self) -> u64 {
+        self.inner.emails_sent.load(Ordering::Relaxed)
+    }
+
+    /// Counts one email sent; returns the new count.
+    fn record_email(&self) -> u64 {
+        self.inner.emails_sent.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn next_id(&self) -> u64 {
@@ -289,6 +303,20 @@ async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
             ))
         }
         (&Method::POST, "/v1/chat/completions") => chat(&body, header_faults, &state).await,
+        (&Method::POST, "/mcp") => {
+            let (status, answer) = mcp::answer(&body, &state);
+            let mut res = match answer {
+                Some(body) => response(status, JSON, body),
+                None => Response::new(MockBody::empty()),
+            };
+            *res.status_mut() = status;
+            Ok(res)
+        }
+        (&Method::DELETE, "/mcp") => {
+            let mut res = Response::new(MockBody::empty());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            Ok(res)
+        }
         (method, path) => {
             let message = format!("Invalid URL ({method} {path})");
             Ok(openai_error(
