@@ -1,6 +1,8 @@
-//! `palisade demo`: the mock upstream and the gateway, in this process, on the example config,
-//! and a few calls an agent would make, each showing one thing the policy does. Every scene is
-//! a real HTTP call over loopback through the real plugin chain.
+//! `palisade demo`: the mock upstream (an LLM provider and an MCP server) and the gateway, in
+//! this process, on the example config, and the calls agents and humans would make, each showing
+//! one failure the policy prevents: a forbidden model, a stolen key, a delegation loop, a provider
+//! outage, a hidden tool, an unapproved email, and the audit that shows it all. Every scene is a
+//! real HTTP call over loopback through the real plugin chain, checked with `expect`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -87,6 +89,26 @@ impl Client2 {
         Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
     }
 
+    async fn mcp(&self, key: &str, sid: Option<&str>, body: &Value) -> Result<Answer, DemoError> {
+        let mut req = http::Request::post(format!("{}/mcp", self.base))
+            .header("accept", "application/json, text/event-stream");
+        if let Some(sid) = sid {
+            req = req
+                .header("mcp-session-id", sid)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        self.send(req, key, Bytes::from(body.to_string())).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: &Value) -> Result<(u16, Value), DemoError> {
+        let req = http::Request::post(format!("{}{path}", self.base));
+        let a = self.send(req, token, Bytes::from(body.to_string())).await?;
+        Ok((
+            a.status,
+            serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+        ))
+    }
+
     async fn chat(&self, key: &str, body: Value) -> Result<(u16, Value, String), DemoError> {
         let (s, v, p, _) = self.chat_in_chain(key, body, None).await?;
         Ok((s, v, p))
@@ -110,6 +132,80 @@ impl Client2 {
     }
 }
 
+/// An agent's MCP session through the gateway's `/mcp` (Streamable HTTP, JSON answers).
+struct McpSession<'a> {
+    client: &'a Client2,
+    key: &'static str,
+    sid: String,
+    next_id: std::cell::Cell<u64>,
+}
+
+impl<'a> McpSession<'a> {
+    async fn open(client: &'a Client2, key: &'static str) -> Result<Self, DemoError> {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "palisade-demo", "version": "0"}}});
+        let a = client.mcp(key, None, &init).await?;
+        let sid = a.header("mcp-session-id").ok_or_else(|| {
+            DemoError::Call(format!("initialize: HTTP {} {:?}", a.status, a.body))
+        })?;
+        let session = McpSession {
+            client,
+            key,
+            sid,
+            next_id: std::cell::Cell::new(1),
+        };
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        client.mcp(key, Some(&session.sid), &note).await?;
+        Ok(session)
+    }
+
+    async fn rpc(&self, method: &str, params: Value) -> Result<Value, DemoError> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let a = self.client.mcp(self.key, Some(&self.sid), &msg).await?;
+        Ok(serde_json::from_slice(&a.body).unwrap_or(Value::Null))
+    }
+
+    async fn tool_names(&self) -> Result<Vec<String>, DemoError> {
+        let list = self.rpc("tools/list", json!({})).await?;
+        Ok(list
+            .pointer("/result/tools")
+            .and_then(Value::as_array)
+            .map(|tools| {
+                tools
+                    .iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// What a tools/call answered, in one line: the JSON-RPC error, or the result's first text.
+fn tool_answer(v: &Value) -> (bool, String) {
+    if let Some(e) = v.get("error") {
+        return (
+            true,
+            format!(
+                "JSON-RPC {} {}",
+                e["code"],
+                e["message"].as_str().unwrap_or("")
+            ),
+        );
+    }
+    let text = v
+        .pointer("/result/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    (
+        v.pointer("/result/isError") == Some(&Value::Bool(true)),
+        text,
+    )
+}
+
 fn say(title: &str) {
     println!("\n\x1b[1m== {title}\x1b[0m");
 }
@@ -128,9 +224,11 @@ fn expect(scene: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Res
 /// Run the demo; `keep` serves on until Ctrl-C.
 pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), DemoError> {
     let mock = std::net::TcpListener::bind("127.0.0.1:0").map_err(DemoError::Mock)?;
-    let (mock_addr, _mock_state) = mock_upstream::try_spawn(mock).map_err(DemoError::Mock)?;
+    let (mock_addr, mock_state) = mock_upstream::try_spawn(mock).map_err(DemoError::Mock)?;
     let overrides = Overrides {
         upstream_url: Some(format!("http://{mock_addr}")),
+        // The example config's MCP server is the mock's MCP face.
+        mcp_urls: vec![("desk".into(), format!("http://{mock_addr}/mcp"))],
     };
     let gw = Gateway::start(config, overrides)
         .await
@@ -249,10 +347,134 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     )?;
     println!("   The loop cost a few calls, not a weekend.");
 
-    say("5. The auditor asks: every agent and its owner, and support-bot's log for today");
+    say("5. A provider outage: the `resilient` route's primary is down; the call fails over");
+    let (status, body, provider) = client
+        .chat(
+            "pk-demo-support-bot",
+            json!({"model": "resilient", "messages": [{"role": "user", "content": "Is the service up?"}]}),
+        )
+        .await?;
+    println!("   HTTP {status}, palisade-provider: {provider} (the backup)");
+    // The gateway's own count of what it skipped, as Prometheus sees it.
+    let (_, metrics) = client.get("", "/metrics").await?;
+    let failed_over = metrics
+        .lines()
+        .find(|l| l.starts_with("palisade_failovers_total{from=\"primary/gpt-4o-mini\"}"))
+        .unwrap_or("")
+        .to_string();
+    println!("   primary (127.0.0.1:9) refused the connection; GET /metrics: {failed_over}");
+    expect(
+        "fail over",
+        status == 200
+            && provider == "mock/gpt-4o-mini"
+            && body.get("error").is_none()
+            && !failed_over.is_empty(),
+        || format!("{provider}: {body} / {failed_over:?}"),
+    )?;
+
+    say("6. Tools: each agent sees and calls only what tool-acl grants it (MCP at /mcp)");
+    let support = McpSession::open(&client, "pk-demo-support-bot").await?;
+    let research = McpSession::open(&client, "pk-demo-research-bot").await?;
+    let seen_by_support = support.tool_names().await?;
+    let seen_by_research = research.tool_names().await?;
+    println!("   research-bot sees: {}", seen_by_research.join(", "));
+    println!("   support-bot sees:  {}", seen_by_support.join(", "));
+    let hr = json!({"name": "desk__hr_salary", "arguments": {"employee": "Marcus"}});
+    let (hr_refused, hr_text) = tool_answer(&support.rpc("tools/call", hr.clone()).await?);
+    println!("   support-bot  hr_salary {{employee: Marcus}} -> {hr_text}");
+    let salaries = json!({"name": "desk__crm_query", "arguments": {"table": "salaries", "q": "*"}});
+    let (sal_refused, sal_text) = tool_answer(&support.rpc("tools/call", salaries.clone()).await?);
+    println!("   support-bot  crm_query {{table: salaries}} -> {sal_text}");
+    let orders = json!({"name": "desk__crm_query", "arguments": {"table": "orders", "q": "Ada"}});
+    let (orders_refused, orders_text) = tool_answer(&support.rpc("tools/call", orders).await?);
+    println!("   support-bot  crm_query {{table: orders}}   -> {orders_text}");
+    let (r_refused, r_text) = tool_answer(&research.rpc("tools/call", hr).await?);
+    println!("   research-bot hr_salary {{employee: Marcus}} -> {r_text}");
+    expect(
+        "hide a tool",
+        !seen_by_support.iter().any(|t| t.contains("hr_salary"))
+            && seen_by_research.iter().any(|t| t.contains("hr_salary"))
+            && hr_refused
+            && sal_refused
+            && !sal_text.contains("rows")
+            && !orders_refused
+            && !r_refused
+            && r_text.contains("USD"),
+        || {
+            format!(
+                "{seen_by_support:?} {seen_by_research:?} {hr_text} | {sal_text} | {orders_text} | {r_text}"
+            )
+        },
+    )?;
+
+    say("7. A human in the loop: support-bot's email waits for an approver, then goes out once");
+    let email = json!({"name": "desk__send_email", "arguments": {
+        "to": "ada@example.com", "subject": "Your refund", "body": "Refund of 120 EUR approved."}});
+    let (_, held) = tool_answer(&support.rpc("tools/call", email.clone()).await?);
+    println!("   support-bot send_email -> {held}");
+    println!("   emails sent so far: {}", mock_state.emails_sent());
+    let sent_while_held = mock_state.emails_sent();
+    // The demo makes itself an approver; in production: `palisade users create --role approver`
+    // and `PUT /admin/api/users/{id}/groups`.
+    let name = format!("demo-approver-{:08x}", rand::random::<u32>());
+    let store_err = |e: palisade_store::StoreError| DemoError::Gateway(e.to_string());
+    let approver = gw
+        .store
+        .create_user(&name, "", &[Role::Approver])
+        .await
+        .map_err(store_err)?;
+    gw.store
+        .set_user_groups(&approver.id, &["approvers".to_string()])
+        .await
+        .map_err(store_err)?;
+    let approver_token = gw
+        .store
+        .create_user_token(&approver.id)
+        .await
+        .map_err(store_err)?
+        .secret;
+    let (_, pending) = client
+        .get(&approver_token, "/admin/api/approvals?status=pending")
+        .await?;
+    let pending: Value = serde_json::from_str(&pending).unwrap_or(Value::Null);
+    let held_id = pending.as_array().and_then(|list| {
+        list.iter()
+            .find(|a| {
+                a["target"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("send_email"))
+            })
+            .and_then(|a| a["id"].as_str().map(str::to_string))
+    });
+    let Some(id) = held_id else {
+        return Err(DemoError::Unexpected {
+            scene: "hold an email",
+            detail: format!("no pending approval for the held email: {held}"),
+        });
+    };
+    let (status, decided) = client
+        .post(
+            &approver_token,
+            &format!("/admin/api/approvals/{id}/decisions"),
+            &json!({"decision": "approve", "reason": "refund confirmed"}),
+        )
+        .await?;
+    println!("   {name} approves {id}: HTTP {status}");
+    expect("hold an email", status == 200, || decided.to_string())?;
+    let (_, first) = tool_answer(&support.rpc("tools/call", email.clone()).await?);
+    println!("   support-bot retries the identical call -> {first}");
+    let (_, again) = tool_answer(&support.rpc("tools/call", email).await?);
+    println!("   ... and once more -> {again}");
+    println!("   emails sent: {}", mock_state.emails_sent());
+    expect(
+        "hold an email",
+        sent_while_held == 0 && mock_state.emails_sent() == 1,
+        || format!("held: {held} | {first} | {again}"),
+    )?;
+
+    say("8. The auditor asks: every agent and its owner, and support-bot's log for today");
     // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
     let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
-    let store_err = |e: palisade_store::StoreError| DemoError::Gateway(e.to_string());
     let auditor = gw
         .store
         .create_user(&name, "", &[Role::Auditor])

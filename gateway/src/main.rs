@@ -28,7 +28,17 @@ async fn main() -> anyhow::Result<()> {
             config,
             listen,
             upstream_url,
-        } => serve(config, listen, Overrides { upstream_url }).await,
+        } => {
+            serve(
+                config,
+                listen,
+                Overrides {
+                    upstream_url,
+                    ..Overrides::default()
+                },
+            )
+            .await
+        }
         Command::Demo {
             config,
             listen,

@@ -146,3 +146,41 @@ async fn init_then_the_auditors_two_commands() {
     drop(gw);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `make demo` end to end, on a copy of the example config in a fresh folder (its own SQLite
+/// file and plugin cache): every scene's `expect` holds, or the command fails.
+#[test]
+fn the_demo_runs_every_scene() {
+    let dir = temp_dir("demo");
+    let examples = dir.join("examples");
+    let plugins = dir.join("dist/plugins");
+    std::fs::create_dir_all(&examples).unwrap();
+    std::fs::create_dir_all(&plugins).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(
+        repo.join("examples/palisade.toml"),
+        examples.join("palisade.toml"),
+    )
+    .unwrap();
+    for p in ["model-allow", "depth", "budget", "tool-acl", "approvals"] {
+        std::fs::copy(dist_plugin(p), plugins.join(format!("{p}.wasm"))).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["demo", "--config"])
+        .arg(examples.join("palisade.toml"))
+        .output()
+        .expect("run palisade demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for scene in ["== 1.", "== 5.", "== 6.", "== 7.", "== 8.", "intact: true"] {
+        assert!(stdout.contains(scene), "{scene} missing:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("palisade-provider: mock/gpt-4o-mini"),
+        "{stdout}"
+    );
+}

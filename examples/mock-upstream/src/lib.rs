@@ -10,7 +10,8 @@
 //! All answer with a deterministic echo, inject faults per request (status, latency, dropped
 //! connections, slow streams; see [`faults`]; errors in each face's own error shape), and record
 //! every request they receive in a [`MockState`] that tests can inspect (`GET /_mock/requests`
-//! shows it to humans).
+//! shows it to humans). `POST /mcp` is a small fake MCP server (see [`mcp`]) whose
+//! `send_email` sends are counted in the state.
 //!
 //! **Down switch** (for breaker and failover tests): `POST /_mock/down` makes every provider
 //! request answer 503 in its face's error shape; `POST /_mock/down?mode=drop` makes the mock
@@ -31,6 +32,7 @@ pub mod anthropic;
 mod body;
 pub mod faults;
 pub mod gemini;
+pub mod mcp;
 pub mod openai;
 pub mod tools;
 
@@ -102,6 +104,7 @@ struct Inner {
     next_id: AtomicU64,
     /// 0 up, 1 down answering 503, 2 down dropping connections.
     down: AtomicU8,
+    emails_sent: AtomicU64,
 }
 
 /// How the mock behaves while down.
@@ -142,6 +145,7 @@ impl MockState {
                 max_recorded,
                 next_id: AtomicU64::new(1),
                 down: AtomicU8::new(0),
+                emails_sent: AtomicU64::new(0),
             }),
         }
     }
@@ -198,6 +202,16 @@ impl MockState {
             requests.pop_front();
         }
         requests.push_back(request);
+    }
+
+    /// How many `send_email` calls the MCP face has served.
+    pub fn emails_sent(&self) -> u64 {
+        self.inner.emails_sent.load(Ordering::Relaxed)
+    }
+
+    /// Counts one email sent; returns the new count.
+    fn record_email(&self) -> u64 {
+        self.inner.emails_sent.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn next_id(&self) -> u64 {
@@ -367,6 +381,20 @@ async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
         }
         (&Method::POST, path) if gemini::route(path).is_some() => {
             generate(path, parts.uri.query(), &body, header_faults, &state).await
+        }
+        (&Method::POST, "/mcp") => {
+            let (status, answer) = mcp::answer(&body, &state);
+            let mut res = match answer {
+                Some(body) => response(status, JSON, body),
+                None => Response::new(MockBody::empty()),
+            };
+            *res.status_mut() = status;
+            Ok(res)
+        }
+        (&Method::DELETE, "/mcp") => {
+            let mut res = Response::new(MockBody::empty());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            Ok(res)
         }
         (method, path) => {
             let message = format!("Invalid URL ({method} {path})");

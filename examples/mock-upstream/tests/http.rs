@@ -603,3 +603,53 @@ async fn concurrent_requests() {
     assert_eq!(ids.len(), 32);
     assert_eq!(mock.state.requests().len(), 32);
 }
+
+#[tokio::test]
+async fn mcp_face_lists_tools_and_counts_emails() {
+    let mock = start();
+    let rpc = |id: u64, method: &str, params: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+    };
+    let json = [("content-type", "application/json")];
+    let (status, _, body) = mock
+        .call(
+            Method::POST,
+            "/mcp",
+            &json,
+            rpc(1, "initialize", json!({"protocolVersion": "2025-06-18"})),
+        )
+        .await;
+    let init: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    let (status, _, body) = mock.call(Method::POST, "/mcp", &json, note).await;
+    assert_eq!((status, body.len()), (StatusCode::ACCEPTED, 0));
+
+    let (_, _, body) = mock
+        .call(Method::POST, "/mcp", &json, rpc(2, "tools/list", json!({})))
+        .await;
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["crm_query", "hr_salary", "send_email"]);
+
+    assert_eq!(mock.state.emails_sent(), 0);
+    let send =
+        json!({"name": "send_email", "arguments": {"to": "a@b.c", "subject": "s", "body": "b"}});
+    let (_, _, body) = mock
+        .call(Method::POST, "/mcp", &json, rpc(3, "tools/call", send))
+        .await;
+    let sent: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["result"]["isError"], false, "{sent}");
+    assert_eq!(mock.state.emails_sent(), 1);
+    let (_, _, body) = mock
+        .call(Method::POST, "/mcp", &json, rpc(4, "nope", json!({})))
+        .await;
+    let unknown: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(unknown["error"]["code"], -32601);
+}

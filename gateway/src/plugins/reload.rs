@@ -55,6 +55,8 @@ pub struct ReloadStatus {
 pub struct Overrides {
     /// Replaces `upstream.base_url`.
     pub upstream_url: Option<String>,
+    /// Replaces the `url` of the named HTTP `[[mcp_servers]]` (the demo's in-process server).
+    pub mcp_urls: Vec<(String, String)>,
 }
 
 impl Overrides {
@@ -66,6 +68,13 @@ impl Overrides {
                 && let Some(first) = settings.providers.first_mut()
             {
                 first.base_url = settings.upstream.base_url.clone();
+            }
+        }
+        for (name, new_url) in &self.mcp_urls {
+            for server in settings.mcp.servers.iter_mut().filter(|s| &s.name == name) {
+                if let crate::mcp::settings::ServerKind::Http { url, .. } = &mut server.kind {
+                    url.clone_from(new_url);
+                }
             }
         }
     }

@@ -234,6 +234,7 @@ impl TestGateway {
         let (mock_addr, mock) = mock_upstream::spawn(mock_listener);
         let overrides = Overrides {
             upstream_url: Some(format!("http://{mock_addr}")),
+            ..Overrides::default()
         };
         let gw = Gateway::start(&config, overrides)
             .await
