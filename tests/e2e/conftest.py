@@ -198,7 +198,7 @@ def _toml_str(value: str | Path) -> str:
     return json.dumps(str(value))
 
 
-def write_gateway_config(directory: Path) -> Path:
+def write_gateway_config(directory: Path, mock_url: str) -> Path:
     cache_dir = directory / "plugin-cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     agents = "\n".join(
@@ -219,6 +219,17 @@ listen = "127.0.0.1:0"
 name = "mock"
 base_url = "http://127.0.0.1:9"   # replaced by --upstream-url
 
+# The mock's Anthropic and Gemini faces as providers of their own (same process, other paths).
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = {_toml_str(mock_url)}
+
+[[providers]]
+name = "gem"
+kind = "gemini"
+base_url = {_toml_str(mock_url)}
+
 [plugin_host]
 # Generous per-hook deadline: debug builds on a busy machine can exceed the 20 ms default, and
 # deadlines are not what this suite tests.
@@ -230,7 +241,7 @@ name = "model-allow"
 path = {_toml_str(MODEL_ALLOW_WASM)}
 on_error = "deny"
 [plugins.config]
-default = ["gpt-4o-mini"]
+default = ["gpt-4o-mini", "claude/claude-sonnet-4", "gem/gemini-2.5-flash"]
 agents = {{ "research-bot" = ["gpt-4o"] }}
 
 [[plugins]]
@@ -248,7 +259,7 @@ mode = "upper"
 @pytest.fixture(scope="session")
 def gateway(mock_upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("palisade")
-    config_path = write_gateway_config(directory)
+    config_path = write_gateway_config(directory, mock_upstream.url)
     argv = [
         str(PALISADE_BIN),
         "serve",
