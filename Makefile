@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip2
 DIST := dist/plugins
 OUT := target/$(WASM_TARGET)/plugin
 
-.PHONY: demo test plugins setup test-rust test-e2e bench lint plugins-py plugins-js
+.PHONY: demo test plugins plugins-rust setup test-rust test-e2e bench lint plugins-py plugins-js
 
 # Plugins in other languages (examples/plugins/): pinned tools, installed by `make setup`.
 COMPONENTIZE_PY_VERSION := 0.25.1
@@ -31,16 +31,18 @@ setup:
 RUST_PLUGINS := model-allow depth budget pii router tool-acl approvals
 FIXTURES := plugin wrong-world trivial
 
-## Build the shipped plugins and the test fixtures as Wasm components into dist/plugins/.
-plugins:
+## Build every plugin: the Rust ones and the Python/JavaScript examples.
+plugins: plugins-rust plugins-py plugins-js
+	@echo "plugins built into $(DIST)/"
+
+## Build the shipped Rust plugins and the test fixtures as Wasm components into dist/plugins/.
+plugins-rust:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	$(CARGO) build --quiet --target $(WASM_TARGET) --profile plugin \
 		$(foreach p,$(RUST_PLUGINS),-p palisade-plugin-$(p)) $(foreach f,$(FIXTURES),-p palisade-fixture-$(f))
 	@mkdir -p $(DIST)
 	@$(foreach p,$(RUST_PLUGINS),cp $(OUT)/palisade_plugin_$(subst -,_,$(p)).wasm $(DIST)/$(p).wasm &&) true
 	@$(foreach f,$(FIXTURES),cp $(OUT)/palisade_fixture_$(subst -,_,$(f)).wasm $(DIST)/$(if $(filter plugin,$(f)),fixture,$(f)).wasm &&) true
-	@$(MAKE) --no-print-directory plugins-py plugins-js
-	@echo "plugins built into $(DIST)/"
 
 ## The Python example plugin (componentize-py; WASI stubbed out: it imports only the host).
 plugins-py: $(DIST)/customer-guard-py.wasm
@@ -57,7 +59,8 @@ $(DIST)/business-hours-js.wasm: $(JS_PLUGIN)/business_hours.js $(JS_PLUGIN)/pack
 	@mkdir -p $(DIST)
 	cd $(JS_PLUGIN) && npm run --silent build
 
-demo: plugins
+## The demo needs only the Rust plugins (no Python or npm).
+demo: plugins-rust
 	$(CARGO) run --quiet -p palisade -- demo
 
 test: setup plugins test-rust test-e2e
