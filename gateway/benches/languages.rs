@@ -122,7 +122,8 @@ fn footprint(rt: &tokio::runtime::Runtime, lang: &str, plugin: &str, config: &st
     let load_cached = started.elapsed();
 
     let p = chain.plugins[0].clone();
-    const N: usize = 100;
+    // Few enough that a Python component (dozens of core instances each) fits the pool.
+    const N: usize = 20;
     let rid: Arc<str> = Arc::from("req_bench");
     let holds = Arc::new(CallHolds::default());
     let (instances, per_instance, rss_per_instance) = rt.block_on(async {
