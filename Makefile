@@ -71,7 +71,7 @@ test-rust:
 test-e2e:
 	$(CARGO) build --quiet -p palisade -p mock-upstream
 	python3 -m pytest -q tests/e2e
-	$(MCP2_VENV)/bin/python -m pytest -q tests/e2e/test_mcp.py
+	$(MCP2_VENV)/bin/python -m pytest -q tests/e2e/test_mcp.py tests/e2e/test_mcp_catalog.py
 
 bench: plugins
 	$(CARGO) bench -p palisade --bench chain

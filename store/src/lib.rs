@@ -15,7 +15,8 @@
 //!
 //! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`],
 //! [`ledger`] (the spend counters behind budgets), [`approvals`] (held calls, votes, approver
-//! groups), and [`export`] for the CSV and JSONL writers.
+//! groups), [`sessions`] (MCP sessions ended on any replica), and [`export`] for the CSV and
+//! JSONL writers.
 
 pub mod agents;
 pub mod approvals;
@@ -25,6 +26,7 @@ pub mod export;
 pub mod keys;
 pub mod ledger;
 mod secret;
+pub mod sessions;
 pub mod time;
 pub mod users;
 

@@ -105,6 +105,7 @@ struct Inner {
     /// 0 up, 1 down answering 503, 2 down dropping connections.
     down: AtomicU8,
     emails_sent: AtomicU64,
+    refunds: std::sync::atomic::AtomicBool,
 }
 
 /// How the mock behaves while down.
@@ -146,6 +147,7 @@ impl MockState {
                 next_id: AtomicU64::new(1),
                 down: AtomicU8::new(0),
                 emails_sent: AtomicU64::new(0),
+                refunds: Default::default(),
             }),
         }
     }
@@ -212,6 +214,16 @@ impl MockState {
     /// Counts one email sent; returns the new count.
     fn record_email(&self) -> u64 {
         self.inner.emails_sent.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether the MCP desk offers `issue_refund` (after `enable_refunds`).
+    pub fn refunds_enabled(&self) -> bool {
+        self.inner.refunds.load(Ordering::Relaxed)
+    }
+
+    /// Turn the refund desk on; returns whether it was on already.
+    fn enable_refunds(&self) -> bool {
+        self.inner.refunds.swap(true, Ordering::Relaxed)
     }
 
     fn next_id(&self) -> u64 {
@@ -383,12 +395,12 @@ async fn handle(req: Request<Incoming>, state: MockState) -> Reply {
             generate(path, parts.uri.query(), &body, header_faults, &state).await
         }
         (&Method::POST, "/mcp") => {
-            let (status, answer) = mcp::answer(&body, &state);
-            let mut res = match answer {
-                Some(body) => response(status, JSON, body),
+            let reply = mcp::answer(&body, &state);
+            let mut res = match reply.http_body() {
+                Some((ctype, body)) => response(reply.status, ctype, body),
                 None => Response::new(MockBody::empty()),
             };
-            *res.status_mut() = status;
+            *res.status_mut() = reply.status;
             Ok(res)
         }
         (&Method::DELETE, "/mcp") => {

@@ -18,11 +18,24 @@ struct Args {
     /// How many requests to keep for GET /_mock/requests (0 records nothing).
     #[arg(long, default_value_t = DEFAULT_MAX_RECORDED)]
     max_recorded: usize,
+
+    /// Serve only the fake MCP desk, over stdin/stdout, instead of listening.
+    #[arg(long)]
+    mcp_stdio: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.mcp_stdio {
+        return Ok(mock_upstream::mcp::serve_stdio(&MockState::default())?);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

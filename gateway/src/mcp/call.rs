@@ -1,13 +1,20 @@
 //! The life of an MCP request, following the steps of an LLM call (`crate::call`): identity
-//! (done by the transport) and delegation chain, the plugin chain (`filter-tools` for
-//! `tools/list`, `on-request` / `on-response` / `on-complete` for `tools/call`), the upstream
-//! server (with the chain token, never the agent's key), and one audit event per listing and
-//! per call: agent, chain, server, tool, argument hash, verdicts, latency, `isError`.
+//! (done by the transport) and delegation chain, the plugin chain (`filter-tools` for the
+//! listings, `on-request` / `on-response` / `on-complete` for `tools/call`, `prompts/get` and
+//! `resources/read`), the upstream server (with the chain token, never the agent's key), and
+//! one audit event per listing and per use: agent, chain, server, item, argument hash,
+//! verdicts, latency, `isError`.
+//!
+//! Prompts and resources are policed like tools, under the names plugins see in `call.target`
+//! and in `filter-tools`: a tool is `server__tool`, a prompt `prompt:server__prompt`, a
+//! resource (or resource template) `resource:server+uri` ([`Item::policy_name`]).
 //!
 //! Refusals: a tool the agent may not see, or that does not exist, is JSON-RPC -32602
-//! `Unknown tool` (hidden tools are indistinguishable from missing ones); forbidden arguments
-//! and other denials are a tool result with `isError: true` and the plugin's message, so the
-//! model can correct its call; a `hold` goes to the approvals gate ([`gated`]): the call waits
+//! `Unknown tool` (hidden tools are indistinguishable from missing ones; a prompt likewise, a
+//! resource -32002 `Resource not found`); forbidden tool arguments and other denials of a tool
+//! are a tool result with `isError: true` and the plugin's message, so the model can correct
+//! its call (for a prompt or resource, a JSON-RPC error with the message); a `hold` goes to
+//! the approvals gate ([`gated`]): the call waits
 //! (bounded by `[approvals] wait_secs`) for the humans, then runs once holding the approval's
 //! execution claim, gets the stored result of the identical call that already ran, or is
 //! answered with a tool result (`isError: true`) saying where the approval stands, its state in
@@ -22,6 +29,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::catalog::Hub;
+use super::changes::Listing;
 use super::jsonrpc::{self, error, result, tool_error};
 use super::upstream::UpstreamError;
 use crate::app::{Gateway, now_ms};
@@ -62,34 +70,106 @@ pub async fn dispatch(
     (reply, token)
 }
 
-async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Value, Option<String>) {
-    match method {
-        "ping" => (result(id, json!({})), None),
-        "tools/list" | "tools/call" => {
-            let mut draft = draft(ctx, method);
-            let run = match crate::call::delegation(ctx.gw, ctx.rt, ctx.headers, &ctx.agent.id)
-                .and_then(|run| ctx.gw.audit.admit().map(|_| run))
-            {
-                Ok(run) => run,
-                Err(e) => {
-                    let (_, msg) = jsonrpc::call_error(id, &e);
-                    draft.event.error_code = Some(e.code().to_string());
-                    let _ = draft.record(ctx.gw, None, e.status(), Some(&e)).await;
-                    return (msg, None);
-                }
-            };
-            let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
-            draft.event.run_id = run.run_id.clone();
-            draft.event.chain = run.agents.clone();
-            let call = wit_call(ctx, &run, method);
-            let reply = if method == "tools/list" {
-                list(ctx, id, call, &token, draft).await
-            } else {
-                tool_call(ctx, id, params, call, &token, draft).await
-            };
-            (reply, Some(token))
+/// What a use request reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    Tool,
+    Prompt,
+    Resource,
+}
+
+impl Item {
+    pub fn of_method(method: &str) -> Option<Item> {
+        match method {
+            "tools/call" => Some(Item::Tool),
+            "prompts/get" => Some(Item::Prompt),
+            "resources/read" => Some(Item::Resource),
+            _ => None,
         }
-        _ => (
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Item::Tool => "tools/call",
+            Item::Prompt => "prompts/get",
+            Item::Resource => "resources/read",
+        }
+    }
+
+    /// The parameter that names it.
+    fn param(self) -> &'static str {
+        match self {
+            Item::Tool | Item::Prompt => "name",
+            Item::Resource => "uri",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Item::Tool => "tool",
+            Item::Prompt => "prompt",
+            Item::Resource => "resource",
+        }
+    }
+
+    /// The name plugins see for an exposed name of a listing: tools as they are, prompts
+    /// `prompt:`, resources and resource templates `resource:` before it.
+    pub fn policy_name(l: Listing, exposed: &str) -> String {
+        match l {
+            Listing::Tools => exposed.to_string(),
+            Listing::Prompts => format!("prompt:{exposed}"),
+            Listing::Resources | Listing::Templates => format!("resource:{exposed}"),
+        }
+    }
+
+    fn listing(self) -> Listing {
+        match self {
+            Item::Tool => Listing::Tools,
+            Item::Prompt => Listing::Prompts,
+            Item::Resource => Listing::Resources,
+        }
+    }
+
+    /// The protocol error for a name that is hidden or does not exist.
+    fn unknown(self, id: &Value, name: &str, modern: bool) -> Value {
+        match self {
+            Item::Tool => error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                format!("Unknown tool: {name}"),
+                None,
+            ),
+            Item::Prompt => error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                format!("Unknown prompt: {name}"),
+                None,
+            ),
+            // 2026-07-28 folds "resource not found" into -32602.
+            Item::Resource if modern => error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                format!("Resource not found: {name}"),
+                Some(json!({"uri": name})),
+            ),
+            Item::Resource => error(
+                id,
+                jsonrpc::RESOURCE_NOT_FOUND,
+                "Resource not found",
+                Some(json!({"uri": name})),
+            ),
+        }
+    }
+}
+
+async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Value, Option<String>) {
+    let listing = Listing::of_method(method);
+    let item = Item::of_method(method);
+    if method == "ping" {
+        return (result(id, json!({})), None);
+    }
+    if listing.is_none() && item.is_none() {
+        return (
             error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
@@ -97,8 +177,30 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
                 None,
             ),
             None,
-        ),
+        );
     }
+    let mut draft = draft(ctx, method, listing.is_some());
+    let run = match crate::call::delegation(ctx.gw, ctx.rt, ctx.headers, &ctx.agent.id)
+        .and_then(|run| ctx.gw.audit.admit().map(|_| run))
+    {
+        Ok(run) => run,
+        Err(e) => {
+            let (_, msg) = jsonrpc::call_error(id, &e);
+            draft.event.error_code = Some(e.code().to_string());
+            let _ = draft.record(ctx.gw, None, e.status(), Some(&e)).await;
+            return (msg, None);
+        }
+    };
+    let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
+    draft.event.run_id = run.run_id.clone();
+    draft.event.chain = run.agents.clone();
+    let call = wit_call(ctx, &run, listing.is_some());
+    let reply = match (listing, item) {
+        (Some(l), _) => list(ctx, id, call, l, draft).await,
+        (None, Some(item)) => use_item(ctx, id, params, call, &token, draft, item).await,
+        (None, None) => unreachable!("checked above"),
+    };
+    (reply, Some(token))
 }
 
 /// 2026-07-28 results say they are complete and, being per agent, private.
@@ -112,19 +214,14 @@ fn mark(v: &mut Value, list: bool) {
     }
 }
 
-fn draft(ctx: &Ctx<'_>, method: &str) -> Draft {
+fn draft(ctx: &Ctx<'_>, method: &str, listing: bool) -> Draft {
     Draft {
         started: Instant::now(),
         upstream_time: std::time::Duration::ZERO,
         event: NewAuditEvent {
             time_ms: now_ms(),
             request_id: ctx.request_id.to_string(),
-            kind: if method == "tools/list" {
-                "tool-list"
-            } else {
-                "tool-call"
-            }
-            .into(),
+            kind: if listing { "tool-list" } else { "tool-call" }.into(),
             target: method.into(),
             policy_version: ctx.rt.chain.version.clone(),
             verdicts: Value::Array(Vec::new()),
@@ -136,7 +233,7 @@ fn draft(ctx: &Ctx<'_>, method: &str) -> Draft {
     }
 }
 
-fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, method: &str) -> Call {
+fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, listing: bool) -> Call {
     let a = ctx.agent;
     Call {
         request_id: ctx.request_id.to_string(),
@@ -149,7 +246,7 @@ fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, method: &str) -> Call {
             team: a.team.clone(),
             labels: a.labels.clone(),
         },
-        kind: if method == "tools/list" {
+        kind: if listing {
             CallKind::ToolList
         } else {
             CallKind::ToolCall
@@ -165,11 +262,13 @@ fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, method: &str) -> Call {
 
 /// What the audit keeps about an MCP call beside the plugins' verdicts.
 struct Facts {
+    method: &'static str,
     server: Option<String>,
-    tool: Option<String>,
+    /// The tool or prompt name, or resource URI, the server knows.
+    item: Option<(Item, String)>,
     arguments_sha256: Option<String>,
     is_error: Option<bool>,
-    shown: Option<(usize, usize)>,
+    shown: Option<(Listing, usize, usize)>,
 }
 
 async fn finish(
@@ -183,12 +282,12 @@ async fn finish(
         Some(s) => serde_json::to_value(&s.notes).unwrap_or_default(),
         None => Value::Array(Vec::new()),
     };
-    let mut mcp = json!({"gateway": "mcp"});
+    let mut mcp = json!({"gateway": "mcp", "method": facts.method});
     if let Some(s) = &facts.server {
         mcp["server"] = json!(s);
     }
-    if let Some(t) = &facts.tool {
-        mcp["tool"] = json!(t);
+    if let Some((item, t)) = &facts.item {
+        mcp[item.noun()] = json!(t);
     }
     if let Some(h) = &facts.arguments_sha256 {
         mcp["arguments_sha256"] = json!(h);
@@ -196,9 +295,9 @@ async fn finish(
     if let Some(e) = facts.is_error {
         mcp["is_error"] = json!(e);
     }
-    if let Some((shown, total)) = facts.shown {
-        mcp["tools_shown"] = json!(shown);
-        mcp["tools_total"] = json!(total);
+    if let Some((l, shown, total)) = facts.shown {
+        mcp[format!("{}_shown", l.key())] = json!(shown);
+        mcp[format!("{}_total", l.key())] = json!(total);
     }
     if let Value::Array(v) = &mut verdicts {
         v.push(mcp);
@@ -228,37 +327,40 @@ async fn finish(
     }
 }
 
-async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, token: &str, draft: Draft) -> Value {
-    let entries = ctx.hub.list(ctx.session, Some(token)).await;
-    let tools: Vec<Tool> = entries
+async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, draft: Draft) -> Value {
+    let entries = ctx.hub.list(l).await;
+    let items: Vec<Tool> = entries
         .iter()
         .map(|e| Tool {
-            name: e.json["name"].as_str().unwrap_or_default().to_string(),
+            name: Item::policy_name(l, e.exposed(l)),
             description: e.json["description"]
                 .as_str()
+                .or_else(|| e.json["title"].as_str())
                 .unwrap_or_default()
                 .to_string(),
         })
         .collect();
-    let total = tools.len();
+    let total = items.len();
     let mut session = ctx.rt.chain.session(ctx.request_id.clone());
     let facts = |shown| Facts {
+        method: l.method(),
         server: None,
-        tool: None,
+        item: None,
         arguments_sha256: None,
         is_error: None,
-        shown: Some((shown, total)),
+        shown: Some((l, shown, total)),
     };
-    match session.filter_tools(&call, tools).await {
+    match session.filter_tools(&call, items).await {
         Ok(kept) => {
-            let names: Vec<&str> = kept.iter().map(|t| t.name.as_str()).collect();
+            let kept: std::collections::HashSet<String> =
+                kept.into_iter().map(|t| t.name).collect();
             let shown: Vec<Value> = entries
-                .into_iter()
-                .filter(|e| names.contains(&e.json["name"].as_str().unwrap_or_default()))
-                .map(|e| e.json)
+                .iter()
+                .filter(|e| kept.contains(&Item::policy_name(l, e.exposed(l))))
+                .map(|e| e.json.clone())
                 .collect();
             let n = shown.len();
-            let mut r = json!({ "tools": shown });
+            let mut r = json!({ l.key(): shown });
             mark(&mut r, ctx.modern);
             finish(ctx, draft, Some(session), facts(n), None).await;
             result(id, r)
@@ -346,40 +448,58 @@ async fn record(ctx: &Ctx<'_>, claim: ExecutionClaim, result: &Value) {
     }
 }
 
-async fn tool_call(
+/// A refusal of a prompt or resource (which have no error results): the message, with the
+/// stable code and what else the tool result carried (an approval's state) in `data`.
+fn refusal(id: &Value, code: i64, stable: &str, tool_result: &Value) -> Value {
+    let text = tool_result
+        .pointer("/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or("refused by policy");
+    let mut data = json!({"code": stable});
+    if let Some(a) = tool_result.pointer(&format!("/_meta/{APPROVAL_META}")) {
+        data["approval"] = a.clone();
+    }
+    error(id, code, text, Some(data))
+}
+
+/// `tools/call`, `prompts/get` and `resources/read`.
+async fn use_item(
     ctx: &Ctx<'_>,
     id: &Value,
     params: Value,
     mut call: Call,
     token: &str,
     mut draft: Draft,
+    item: Item,
 ) -> Value {
     let mut facts = Facts {
+        method: item.method(),
         server: None,
-        tool: None,
+        item: None,
         arguments_sha256: None,
         is_error: None,
         shown: None,
     };
-    let Some(name) = params.get("name").and_then(Value::as_str) else {
+    let Some(name) = params.get(item.param()).and_then(Value::as_str) else {
         finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
         return error(
             id,
             jsonrpc::INVALID_PARAMS,
-            "tools/call needs a string `name`",
+            format!("{} needs a string `{}`", item.method(), item.param()),
             None,
         );
     };
     draft.event.target = name.to_string();
-    let args = match params.get("arguments") {
-        None | Some(Value::Null) => json!({}),
-        Some(a @ Value::Object(_)) => a.clone(),
-        Some(_) => {
+    let args = match (item, params.get("arguments")) {
+        (Item::Resource, _) => json!({ "uri": name }),
+        (_, None | Some(Value::Null)) => json!({}),
+        (_, Some(a @ Value::Object(_))) => a.clone(),
+        (_, Some(_)) => {
             finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
             return error(
                 id,
                 jsonrpc::INVALID_PARAMS,
-                "tools/call `arguments` must be an object",
+                format!("{} `arguments` must be an object", item.method()),
                 None,
             );
         }
@@ -389,23 +509,33 @@ async fn tool_call(
     if ctx.gw.audit.settings().store_bodies {
         draft.event.body = Some(args_text.clone());
     }
-    let unknown = |name: &str| {
-        error(
-            id,
-            jsonrpc::INVALID_PARAMS,
-            format!("Unknown tool: {name}"),
-            None,
-        )
+    let resolved = match item {
+        Item::Resource => ctx.hub.resolve_resource(name).await,
+        _ => ctx
+            .hub
+            .resolve(item.listing(), name)
+            .await
+            .map(|e| (e.server, e.original)),
     };
-    let Some(entry) = ctx.hub.resolve(ctx.session, Some(token), name).await else {
+    let Some((server_index, mut original)) = resolved else {
         finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
-        return unknown(name);
+        return item.unknown(id, name, ctx.modern);
     };
-    let server = ctx.hub.servers[entry.server].clone();
+    let mut server = ctx.hub.servers[server_index].clone();
     facts.server = Some(server.name().to_string());
-    facts.tool = Some(entry.tool.clone());
-    call.target = name.to_string();
+    facts.item = Some((item, original.clone()));
+    call.target = Item::policy_name(item.listing(), name);
     call.body = args_text;
+
+    // A refusal in the shape the item has: tools answer with a tool result the model can act
+    // on, prompts and resources with an error.
+    let refused = |code: &str, tool_result: Value| match item {
+        Item::Tool => result(id, tool_result),
+        _ if code == "tool_arguments_denied" => {
+            refusal(id, jsonrpc::INVALID_PARAMS, code, &tool_result)
+        }
+        _ => refusal(id, jsonrpc::REFUSED, code, &tool_result),
+    };
 
     // The plugin chain, request side.
     let mut session = ctx.rt.chain.session(ctx.request_id.clone());
@@ -420,12 +550,17 @@ async fn tool_call(
                     session.resume_after_hold(&mut call).await
                 }
                 Ok(Gated::Answer(mut v, code)) => {
-                    facts.is_error =
-                        Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                    let is_error = v.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                    facts.is_error = Some(is_error);
                     mark(&mut v, ctx.modern);
                     complete(&mut session, &call, code.clone()).await;
+                    let reply = if is_error {
+                        refused(code.as_deref().unwrap_or("approval_required"), v)
+                    } else {
+                        result(id, v)
+                    };
                     finish(ctx, draft, Some(session), facts, code).await;
-                    return result(id, v);
+                    return reply;
                 }
                 Err(e) => Err(e),
             }
@@ -433,40 +568,65 @@ async fn tool_call(
         other => other,
     };
     let args = match decision {
-        Ok(d) if d.rewritten => match serde_json::from_str::<Value>(&call.body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                let e =
-                    "a plugin rewrote the tool arguments into something that is not a JSON object";
-                finish(
-                    ctx,
-                    draft,
-                    Some(session),
-                    facts,
-                    Some("internal_error".into()),
-                )
-                .await;
-                return error(id, jsonrpc::INTERNAL_ERROR, e, None);
+        Ok(d) if d.rewritten => {
+            let rewritten = serde_json::from_str::<Value>(&call.body).ok();
+            let usable = match (item, rewritten) {
+                (Item::Resource, Some(v)) => {
+                    // A rewritten URI is routed again.
+                    match v.get("uri").and_then(Value::as_str) {
+                        Some(uri) => match ctx.hub.resolve_resource(uri).await {
+                            Some((i, o)) => {
+                                server = ctx.hub.servers[i].clone();
+                                original = o;
+                                Some(v)
+                            }
+                            None => None,
+                        },
+                        None => None,
+                    }
+                }
+                (_, Some(v @ Value::Object(_))) => Some(v),
+                _ => None,
+            };
+            match usable {
+                Some(v) => v,
+                None => {
+                    let e = format!(
+                        "a plugin rewrote the {} request into something that cannot be sent",
+                        item.noun()
+                    );
+                    finish(
+                        ctx,
+                        draft,
+                        Some(session),
+                        facts,
+                        Some("internal_error".into()),
+                    )
+                    .await;
+                    return error(id, jsonrpc::INTERNAL_ERROR, e, None);
+                }
             }
-        },
+        }
         Ok(_) => args,
         Err(e) => {
             let code = e.code().to_string();
             let reply = match &e {
-                CallError::Denied { code, .. } if code == "unknown_tool" => unknown(name),
-                CallError::Denied { message, .. } => {
+                CallError::Denied { code, .. } if code == "unknown_tool" => {
+                    item.unknown(id, name, ctx.modern)
+                }
+                CallError::Denied { message, code, .. } => {
                     facts.is_error = Some(true);
-                    result(id, tool_error(message.clone()))
+                    refused(code, tool_error(message.clone()))
                 }
                 CallError::ApprovalRequired { plugin, hold } => {
                     // A second hold after an approval cleared the first: not supported.
                     facts.is_error = Some(true);
-                    result(
-                        id,
+                    refused(
+                        "approval_required",
                         tool_error(format!(
-                            "Calling '{name}' is held twice (rule '{}' of policy plugin \
+                            "Using '{name}' is held twice (rule '{}' of policy plugin \
                              '{plugin}': {}) after an approval cleared the first hold; one \
-                             approval rule per tool call is supported",
+                             approval rule per call is supported",
                             hold.rule, hold.summary
                         )),
                     )
@@ -480,13 +640,12 @@ async fn tool_call(
     };
 
     // Upstream.
+    let upstream_params = match item {
+        Item::Resource => json!({ "uri": original }),
+        _ => json!({"name": original, "arguments": args}),
+    };
     let answer = server
-        .request(
-            ctx.session,
-            "tools/call",
-            json!({"name": entry.tool, "arguments": args}),
-            Some(token),
-        )
+        .request(ctx.session, item.method(), upstream_params, Some(token))
         .await;
     let upstream_result = match answer {
         Ok(r) => r,
@@ -515,12 +674,15 @@ async fn tool_call(
         }
     };
 
-    // Response side: the tool result passes on-response (redaction, checks).
+    // Response side: the result passes on-response (redaction, checks).
     let text = upstream_result.to_string();
     let reply = match session.on_response(&call, text).await {
         Ok(body) => match serde_json::from_str::<Value>(&body) {
             Ok(mut v @ Value::Object(_)) => {
-                facts.is_error = Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                if item == Item::Tool {
+                    facts.is_error =
+                        Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                }
                 if let Some(c) = claim.take() {
                     let approval = c.status.to_json();
                     record(ctx, c, &v).await;
@@ -534,14 +696,18 @@ async fn tool_call(
                 error(
                     id,
                     jsonrpc::INTERNAL_ERROR,
-                    "a plugin rewrote the tool result into something that is not a JSON object",
+                    format!(
+                        "a plugin rewrote the {} result into something that is not a JSON object",
+                        item.noun()
+                    ),
                     None,
                 ),
             )),
         },
         Err(CallError::Denied { code, message, .. }) => {
             facts.is_error = Some(true);
-            Err((code, result(id, tool_error(message))))
+            let r = refused(&code, tool_error(message));
+            Err((code, r))
         }
         Err(e) => Err((
             e.code().to_string(),

@@ -1,121 +1,207 @@
-//! The catalog: the tools of all configured servers as one list, named `server__tool` (or as the
-//! prefix mode says), and the way back from an exposed name to its server and tool. The
-//! catalog is fetched from the servers on every `tools/list` (so a server's
-//! `notifications/tools/list_changed` is reflected at the next listing) and cached for call-time
-//! lookups; a name not in the cache triggers one refresh before it is called unknown. [`Hubs`]
-//! rebuilds the servers when a reload changes `[[mcp_servers]]`.
+//! The catalog: what all configured servers offer (tools, prompts, resources and resource
+//! templates) as one list of each, named `server__tool` / `server__prompt` and
+//! `server+uri` (or bare, as the prefix mode says), and the way back from an exposed name to
+//! its server. Lists are fetched through Palisade's own upstream session with each server and
+//! cached until the server announces a change (`notifications/*/list_changed`, see
+//! [`Changes`]), a stdio server restarts, a reload rebuilds the hub, or `[mcp] catalog_ttl_ms`
+//! passes. [`Hubs`] rebuilds the servers when a reload changes `[[mcp_servers]]`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
+use super::changes::{Changes, Listing};
+use super::jsonrpc::METHOD_NOT_FOUND;
 use super::session::Ended;
 use super::settings::{McpSettings, PrefixMode};
 use super::upstream::{Server, UpstreamError};
 
-/// Separator between server and tool names.
+/// Separator between server and tool (or prompt) names.
 pub const SEPARATOR: &str = "__";
-/// Most pages read from one server's `tools/list`.
+/// Separator between server name and resource URI (`server+file:///a`): a URI scheme may hold
+/// `+`, and server names never do.
+pub const URI_SEPARATOR: char = '+';
+/// The upstream session key under which Palisade lists what a server offers.
+pub const CATALOG_SESSION: &str = "palisade:catalog";
+/// Most pages read from one server's listing.
 const MAX_PAGES: usize = 50;
+/// An unknown name refetches the catalog at most this often.
+const MISS_REFETCH: Duration = Duration::from_secs(1);
 
-/// One tool as the agent sees it.
+/// One item as the agent sees it.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub server: usize,
-    /// The name the server knows it by.
-    pub tool: String,
-    /// The tool object with its exposed name.
+    /// The name (or URI) the server knows it by.
+    pub original: String,
+    /// The item object with its exposed name.
     pub json: Value,
+}
+
+impl Entry {
+    /// The exposed name (or URI, or URI template).
+    pub fn exposed(&self, l: Listing) -> &str {
+        self.json
+            .get(l.name_field())
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+struct Cached {
+    generation: u64,
+    fetched: Instant,
+    entries: Arc<Vec<Entry>>,
 }
 
 /// The servers of one config, and what they offer.
 pub struct Hub {
     pub settings: McpSettings,
     pub servers: Vec<Arc<Server>>,
-    cache: Mutex<HashMap<String, Entry>>,
+    pub changes: Arc<Changes>,
+    cache: Mutex<HashMap<Listing, Cached>>,
     pub ended: Ended,
 }
 
 impl Hub {
     pub fn new(settings: McpSettings) -> Hub {
+        let changes = Arc::new(Changes::default());
         let servers = settings
             .servers
             .iter()
-            .map(|s| Arc::new(Server::new(s, settings.timeout)))
+            .map(|s| Arc::new(Server::new(s, settings.timeout, changes.clone())))
             .collect();
         Hub {
             settings,
             servers,
+            changes,
             cache: Mutex::new(HashMap::new()),
             ended: Ended::default(),
         }
     }
 
-    fn exposed(&self, server: &str, name: &str) -> String {
-        if self.settings.prefixed() {
-            format!("{server}{SEPARATOR}{name}")
-        } else {
-            name.to_string()
+    fn exposed(&self, l: Listing, server: &str, name: &str) -> String {
+        if !self.settings.prefixed() {
+            return name.to_string();
+        }
+        match l {
+            Listing::Tools | Listing::Prompts => format!("{server}{SEPARATOR}{name}"),
+            Listing::Resources | Listing::Templates => format!("{server}{URI_SEPARATOR}{name}"),
         }
     }
 
-    /// Every server's `tools/list`, all pages. A server that fails is left out (and logged), so
-    /// one broken server does not hide the others' tools.
-    pub async fn list(&self, session: &str, chain: Option<&str>) -> Vec<Entry> {
+    /// What every server offers of one kind, from the cache while it is current.
+    pub async fn list(&self, l: Listing) -> Arc<Vec<Entry>> {
+        self.list_fresh(l, None).await
+    }
+
+    /// `list`, refetching if the cache is older than `max_age`.
+    async fn list_fresh(&self, l: Listing, max_age: Option<Duration>) -> Arc<Vec<Entry>> {
+        let generation = self.changes.generation(l);
+        let ttl = self.settings.catalog_ttl;
+        let max_age = max_age.map_or(ttl, |m| m.min(ttl));
+        if let Some(c) = self.lock().get(&l)
+            && c.generation == generation
+            && c.fetched.elapsed() < max_age
+        {
+            return c.entries.clone();
+        }
+        let (entries, complete) = self.fetch(l).await;
+        let entries = Arc::new(entries);
+        if complete && !ttl.is_zero() {
+            // The generation read before fetching: a change announced meanwhile refetches.
+            self.lock().insert(
+                l,
+                Cached {
+                    generation,
+                    fetched: Instant::now(),
+                    entries: entries.clone(),
+                },
+            );
+        }
+        entries
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Listing, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every server's listing, all pages; `false` if a server failed (it is left out, and
+    /// logged, so one broken server does not hide the others; the result is not cached).
+    async fn fetch(&self, l: Listing) -> (Vec<Entry>, bool) {
         let mut all: Vec<Entry> = Vec::new();
+        let mut complete = true;
         for (i, server) in self.servers.iter().enumerate() {
-            match list_server(server, session, chain).await {
-                Ok(tools) => {
-                    for mut t in tools {
-                        let Some(name) = t.get("name").and_then(Value::as_str).map(str::to_string)
+            match list_server(server, l).await {
+                Ok(items) => {
+                    for mut t in items {
+                        let Some(name) = t
+                            .get(l.name_field())
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
                         else {
                             continue;
                         };
-                        let exposed = self.exposed(server.name(), &name);
-                        t["name"] = json!(exposed);
+                        t[l.name_field()] = json!(self.exposed(l, server.name(), &name));
                         all.push(Entry {
                             server: i,
-                            tool: name,
+                            original: name,
                             json: t,
                         });
                     }
                 }
-                Err(e) => tracing::warn!(server = server.name(), "tools/list failed: {e}"),
+                // A server without prompts or resources says so: nothing to list.
+                Err(UpstreamError::Rpc { code, .. }) if code == METHOD_NOT_FOUND => {}
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(server = server.name(), "{} failed: {e}", l.method());
+                }
             }
         }
         if self.settings.prefix == PrefixMode::Never {
             // A bare name two servers offer cannot be routed: drop both.
             let mut count: HashMap<String, usize> = HashMap::new();
             for e in &all {
-                *count.entry(exposed_name(e)).or_default() += 1;
+                *count.entry(e.exposed(l).to_string()).or_default() += 1;
             }
-            all.retain(|e| count.get(&exposed_name(e)) == Some(&1));
+            all.retain(|e| count.get(e.exposed(l)) == Some(&1));
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.clear();
-        for e in &all {
-            cache.insert(exposed_name(e), e.clone());
-        }
-        all
+        (all, complete)
     }
 
-    /// The catalog entry for an exposed name, refreshing the catalog once if it is not known.
-    pub async fn resolve(&self, session: &str, chain: Option<&str>, name: &str) -> Option<Entry> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
-        if cached.is_some() {
-            return cached;
+    /// The tool or prompt behind an exposed name, refetching once (at most every second) if it
+    /// is not known.
+    pub async fn resolve(&self, l: Listing, name: &str) -> Option<Entry> {
+        let find = |list: &[Entry]| list.iter().find(|e| e.exposed(l) == name).cloned();
+        if let Some(e) = find(&self.list(l).await) {
+            return Some(e);
         }
-        self.list(session, chain)
+        find(&self.list_fresh(l, Some(MISS_REFETCH)).await)
+    }
+
+    /// The server and original URI behind an exposed resource URI. Prefixed URIs name their
+    /// server; bare ones are looked up among the listed resources, then matched against the
+    /// listed templates' fixed beginnings.
+    pub async fn resolve_resource(&self, uri: &str) -> Option<(usize, String)> {
+        if self.settings.prefixed() {
+            let (server, rest) = uri.split_once(URI_SEPARATOR)?;
+            let i = self.servers.iter().position(|s| s.name() == server)?;
+            return (!rest.is_empty()).then(|| (i, rest.to_string()));
+        }
+        if let Some(e) = self.resolve(Listing::Resources, uri).await {
+            return Some((e.server, e.original));
+        }
+        self.list(Listing::Templates)
             .await
-            .into_iter()
-            .find(|e| exposed_name(e) == name)
+            .iter()
+            .find(|t| {
+                let fixed = t.original.split('{').next().unwrap_or_default();
+                !fixed.is_empty() && uri.starts_with(fixed)
+            })
+            .map(|t| (t.server, uri.to_string()))
     }
 
     /// End what the servers hold for an agent session.
@@ -126,29 +212,19 @@ impl Hub {
     }
 }
 
-fn exposed_name(e: &Entry) -> String {
-    e.json
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn list_server(
-    server: &Server,
-    session: &str,
-    chain: Option<&str>,
-) -> Result<Vec<Value>, UpstreamError> {
-    let mut tools = Vec::new();
+async fn list_server(server: &Server, l: Listing) -> Result<Vec<Value>, UpstreamError> {
+    let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let params = match &cursor {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
-        let result = server.request(session, "tools/list", params, chain).await?;
-        if let Some(Value::Array(page)) = result.get("tools") {
-            tools.extend(page.iter().cloned());
+        let result = server
+            .request(CATALOG_SESSION, l.method(), params, None)
+            .await?;
+        if let Some(Value::Array(page)) = result.get(l.key()) {
+            items.extend(page.iter().cloned());
         }
         cursor = result
             .get("nextCursor")
@@ -158,7 +234,7 @@ async fn list_server(
             break;
         }
     }
-    Ok(tools)
+    Ok(items)
 }
 
 /// The hub for the current config, rebuilt when a reload changes the MCP settings.

@@ -12,6 +12,8 @@ pub const INVALID_REQUEST: i64 = -32600;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
+/// Resource not found (up to 2025-11-25; 2026-07-28 uses -32602).
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
 /// Session not found (the TS SDK's code; the spec fixes only the 404).
 pub const SESSION_NOT_FOUND: i64 = -32001;
 /// 2026-07-28: an `Mcp-Method`/`Mcp-Name` header disagrees with the body.

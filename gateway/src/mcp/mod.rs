@@ -1,12 +1,14 @@
-//! The MCP gateway: agents reach the tools of every configured MCP server through one
-//! Streamable HTTP endpoint, `/mcp`, each seeing and calling only what the plugin chain
-//! (`tool-acl`) grants it, every listing and call audited.
+//! The MCP gateway: agents reach the tools, prompts and resources of every configured MCP
+//! server through one Streamable HTTP endpoint, `/mcp`, each seeing and using only what the
+//! plugin chain (`tool-acl`) grants it, every listing and use audited.
 //!
 //! This module is the server side (transport, sessions, the JSON-RPC surface); `call` runs a
 //! listing or a tool call through the same steps as an LLM call (`crate::call`): identity and
-//! delegation chain, plugin chain, upstream, response side, audit. `catalog` merges the servers'
-//! tools under `server__tool` names, `upstream` and `stdio` are Palisade's clients of the
-//! servers, `session` seals agent sessions into their ids.
+//! delegation chain, plugin chain, upstream, response side, audit. `catalog` merges what the
+//! servers offer under `server__tool` names (`server+uri` for resources), `changes` hears the
+//! servers' list-change notifications, `upstream` and `stdio` are Palisade's clients of the
+//! servers, `session` seals agent sessions into their ids. `GET /mcp` is an agent session's
+//! event stream: Palisade passes on the servers' list changes (and a reload's) there.
 //!
 //! Protocol eras: the handshake versions `2025-06-18` and `2025-11-25` (`initialize`,
 //! `Mcp-Session-Id`, `MCP-Protocol-Version`), and the stateless `2026-07-28` (`server/discover`,
@@ -14,6 +16,7 @@
 
 pub mod call;
 pub mod catalog;
+pub mod changes;
 pub mod jsonrpc;
 pub mod progress;
 pub mod session;
@@ -58,8 +61,8 @@ pub async fn handle(
     match parts.method {
         Method::POST => post(gw, request_id, parts, body).await,
         Method::DELETE => delete(gw, parts).await,
+        Method::GET => listen(gw, parts).await,
         _ => {
-            // No server-initiated stream: the spec lets a server answer GET with 405.
             let msg = error(
                 &Value::Null,
                 jsonrpc::INVALID_REQUEST,
@@ -68,7 +71,7 @@ pub async fn handle(
             );
             let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, &msg, false);
             r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r
         }
     }
@@ -92,9 +95,9 @@ async fn authenticate(
     Ok(agent)
 }
 
-/// The session this request belongs to: `Err` answers 400 (missing) or 404 (unknown, ended,
-/// or opened by another agent: a session is bound to its agent).
-fn session_of(
+/// The session this request belongs to: `Err` answers 400 (missing) or 404 (unknown, ended
+/// on any replica, or opened by another agent: a session is bound to its agent).
+async fn session_of(
     gw: &Gateway,
     rt: &crate::plugins::Runtime,
     hub: &catalog::Hub,
@@ -114,18 +117,32 @@ fn session_of(
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
     let keys = gw.mcp_session_keys(rt);
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    match Session::open(id, &keys, now) {
-        Some(s) if s.agent == agent && !hub.ended.is_ended(&s) => Ok(s),
-        _ => {
-            let msg = error(
-                &Value::Null,
-                jsonrpc::SESSION_NOT_FOUND,
-                "Session not found: initialize a new session",
-                None,
-            );
-            Err(Box::new(answer(StatusCode::NOT_FOUND, &msg, sse)))
+    let live = match Session::open(id, &keys, now) {
+        Some(s) if s.agent == agent && !hub.ended.is_ended(&s) => {
+            match gw.store.mcp_session_ended(&s.nonce).await {
+                Ok(false) => Some(s),
+                Ok(true) => {
+                    hub.ended.end(&s, now);
+                    None
+                }
+                // The session id alone grants nothing (the agent's key does): go on.
+                Err(e) => {
+                    tracing::warn!("cannot check whether an MCP session ended: {e}");
+                    Some(s)
+                }
+            }
         }
-    }
+        _ => None,
+    };
+    live.ok_or_else(|| {
+        let msg = error(
+            &Value::Null,
+            jsonrpc::SESSION_NOT_FOUND,
+            "Session not found: initialize a new session",
+            None,
+        );
+        Box::new(answer(StatusCode::NOT_FOUND, &msg, sse))
+    })
 }
 
 async fn post(
@@ -275,7 +292,7 @@ async fn post(
         // Stateless: upstream sessions are kept per agent.
         format!("stateless:{}", agent.id)
     } else {
-        match session_of(gw, &rt, &hub, &parts, &agent.id, sse) {
+        match session_of(gw, &rt, &hub, &parts, &agent.id, sse).await {
             Ok(s) => {
                 if let Some(v) = &version
                     && *v != s.version
@@ -404,10 +421,14 @@ fn check_modern(
     Ok(())
 }
 
-fn capabilities() -> Value {
-    // Tools only: resources and prompts are not proxied yet (the plugin contract has no call
-    // kind to police them with, and unpoliced they would go around tool-acl).
-    json!({"tools": {"listChanged": false}})
+/// What `/mcp` offers. List changes are announced on a session's `GET /mcp` stream, which
+/// the stateless revision does not have.
+fn capabilities(list_changed: bool) -> Value {
+    json!({
+        "tools": {"listChanged": list_changed},
+        "prompts": {"listChanged": list_changed},
+        "resources": {"listChanged": list_changed},
+    })
 }
 
 fn server_info() -> Value {
@@ -418,7 +439,7 @@ fn discover() -> Value {
     json!({
         "resultType": "complete",
         "supportedVersions": [MODERN_VERSION],
-        "capabilities": capabilities(),
+        "capabilities": capabilities(false),
         "_meta": {"io.modelcontextprotocol/serverInfo": server_info()},
         "ttlMs": 0,
         "cacheScope": "private",
@@ -449,9 +470,9 @@ fn initialize(
     let sealed = s.seal(&keys[0]);
     let result = json!({
         "protocolVersion": version,
-        "capabilities": capabilities(),
+        "capabilities": capabilities(true),
         "serverInfo": server_info(),
-        "instructions": "Tools of several MCP servers, named server__tool, filtered by Palisade's policy for this agent.",
+        "instructions": "Tools, prompts and resources of several MCP servers, named server__tool, server__prompt and server+uri, filtered by Palisade's policy for this agent.",
     });
     let mut r = answer(StatusCode::OK, &jsonrpc::result(id, result), sse);
     if let Ok(v) = HeaderValue::from_str(&sealed) {
@@ -468,9 +489,14 @@ async fn delete(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
         Ok(a) => a,
         Err(r) => return r,
     };
-    match session_of(gw, &rt, &hub, &parts, &agent.id, false) {
+    match session_of(gw, &rt, &hub, &parts, &agent.id, false).await {
         Ok(s) => {
-            hub.ended.end(&s);
+            let now = now_ms();
+            hub.ended.end(&s, u64::try_from(now / 1000).unwrap_or(0));
+            let until = i64::try_from((s.iat + session::MAX_AGE_SECS) * 1000).unwrap_or(i64::MAX);
+            if let Err(e) = gw.store.end_mcp_session(&s.nonce, until, now).await {
+                tracing::warn!("MCP session ended on this replica only: {e}");
+            }
             hub.end_session(&s.nonce).await;
             let mut r = Response::new(GatewayBody::full(""));
             *r.status_mut() = StatusCode::OK;
@@ -478,4 +504,98 @@ async fn delete(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
         }
         Err(r) => *r,
     }
+}
+
+/// How often a session's event stream looks for a reload or an ended session.
+const LISTEN_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// A comment line keeps idle proxies from closing the stream.
+const KEEPALIVE_TICKS: u32 = 15;
+
+/// `GET /mcp`: the session's event stream, carrying `notifications/*/list_changed` when a
+/// server announces a change or a reload changes the servers. Ends with the session.
+async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
+    let rt = gw.policy.current();
+    let mut hub = gw.mcp.get(&rt.settings.mcp);
+    let agent = match authenticate(gw, &parts).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let accepts = parts
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if !accepts {
+        let msg = error(
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            "GET /mcp is the session's event stream: send `Accept: text/event-stream`",
+            None,
+        );
+        return answer(StatusCode::NOT_ACCEPTABLE, &msg, false);
+    }
+    let session = match session_of(gw, &rt, &hub, &parts, &agent.id, false).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let (tx, body) = GatewayBody::channel(16);
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let mut changes = hub.changes.subscribe();
+        let mut tick = tokio::time::interval(LISTEN_TICK);
+        let mut idle = 0u32;
+        let note = |method: &str| {
+            let msg = json!({"jsonrpc": "2.0", "method": method});
+            bytes::Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+        };
+        loop {
+            let out = tokio::select! {
+                c = changes.recv() => match c {
+                    Ok(method) => vec![note(method)],
+                    // Missed some: say everything changed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        changes::Listing::ANNOUNCED.iter().map(|l| note(l.notification())).collect()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    if hub.ended.is_ended(&session) {
+                        return;
+                    }
+                    let rt = gw.policy.current();
+                    let now = gw.mcp.get(&rt.settings.mcp);
+                    if !Arc::ptr_eq(&now, &hub) {
+                        // A reload changed the servers: every list may differ.
+                        hub = now;
+                        changes = hub.changes.subscribe();
+                        changes::Listing::ANNOUNCED
+                            .iter()
+                            .map(|l| note(l.notification()))
+                            .collect()
+                    } else {
+                        idle += 1;
+                        if idle < KEEPALIVE_TICKS {
+                            continue;
+                        }
+                        vec![bytes::Bytes::from_static(b": keepalive\n\n")]
+                    }
+                }
+            };
+            idle = 0;
+            for b in out {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }

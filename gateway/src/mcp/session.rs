@@ -4,7 +4,8 @@
 //! signed with the delegation chain key (domain-separated). Nothing secret is inside; what it
 //! proves is who opened the session. A session presented by another agent, or not signed by
 //! this deployment's key, is unknown (404). Upstream sessions are re-opened lazily per nonce.
-//! Ended sessions (DELETE) are remembered by this process until they would have expired.
+//! Ended sessions (DELETE) are kept in the store, so every replica refuses them; [`Ended`] is
+//! this process's memory of them, until they would have expired.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -90,11 +91,11 @@ pub struct Ended {
 }
 
 impl Ended {
-    pub fn end(&self, s: &Session) {
+    /// Remember `s` as ended (`now_secs`: the time, to forget those expired since).
+    pub fn end(&self, s: &Session, now_secs: u64) {
         let mut m = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        let now = s.iat + MAX_AGE_SECS;
-        m.retain(|_, until| *until > s.iat);
-        m.insert(s.nonce.clone(), now);
+        m.retain(|_, until| *until > now_secs);
+        m.insert(s.nonce.clone(), s.iat + MAX_AGE_SECS);
     }
 
     pub fn is_ended(&self, s: &Session) -> bool {
@@ -128,7 +129,7 @@ mod tests {
         assert_eq!(Session::open(&forged, &[b"k1k1k1k1k1k1k1k1"], 1001), None);
         assert_eq!(Session::open("nonsense", &[b"k"], 1), None);
         let ended = Ended::default();
-        ended.end(&s);
+        ended.end(&s, 1001);
         assert!(ended.is_ended(&s));
     }
 }

@@ -5,6 +5,8 @@
 //! [mcp]
 //! prefix = "always"            # always (default) | conditional (only with >1 server) | never
 //! timeout_ms = 60000           # per upstream request
+//! catalog_ttl_ms = 300000      # lists are refetched at the latest after this (0: every time);
+//!                              # sooner when a server announces a change
 //!
 //! [[mcp_servers]]
 //! name = "everything"
@@ -33,6 +35,7 @@ use serde::Deserialize;
 pub struct RawMcp {
     pub prefix: Option<PrefixMode>,
     pub timeout_ms: Option<u64>,
+    pub catalog_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +81,8 @@ pub enum Transport {
 pub struct McpSettings {
     pub prefix: PrefixMode,
     pub timeout: Duration,
+    /// How long a fetched list is used before it is fetched again (zero: never cached).
+    pub catalog_ttl: Duration,
     pub servers: Vec<ServerSettings>,
 }
 
@@ -189,6 +194,7 @@ pub fn resolve(
     Ok(McpSettings {
         prefix: raw.prefix.unwrap_or_default(),
         timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(60_000).max(1)),
+        catalog_ttl: Duration::from_millis(raw.catalog_ttl_ms.unwrap_or(300_000)),
         servers: out,
     })
 }

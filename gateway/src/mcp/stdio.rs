@@ -3,6 +3,7 @@
 //! once a process has lived a minute). Requests made while it is down wait for the next process
 //! (within the request timeout); requests in flight when it dies fail at once. The child gets
 //! only `PATH` and its configured environment, and is killed when the server is dropped (reload).
+//! Its `notifications/*/list_changed` lines, and every (re)start, mark the catalog stale.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::changes::Changes;
 use super::settings::{ServerKind, ServerSettings};
 use super::upstream::{UpstreamError, initialize_params, result_of};
 
@@ -42,7 +44,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 impl StdioServer {
-    pub fn start(settings: &ServerSettings, timeout: Duration) -> StdioServer {
+    pub fn start(
+        settings: &ServerSettings,
+        timeout: Duration,
+        changes: Arc<Changes>,
+    ) -> StdioServer {
         let (live_tx, live) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
         let next_id = Arc::new(AtomicU64::new(1));
@@ -52,6 +58,7 @@ impl StdioServer {
             live_tx,
             stop_rx,
             next_id.clone(),
+            changes,
         ));
         StdioServer {
             name: settings.name.clone(),
@@ -164,12 +171,13 @@ async fn supervise(
     live_tx: watch::Sender<Option<Live>>,
     mut stop: watch::Receiver<bool>,
     next_id: Arc<AtomicU64>,
+    changes: Arc<Changes>,
 ) {
     let name = settings.name.clone();
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
-        match run_once(&settings, timeout, &live_tx, &mut stop, &next_id).await {
+        match run_once(&settings, timeout, &live_tx, &mut stop, &next_id, &changes).await {
             Ok(true) => return,
             Ok(false) => tracing::warn!(server = %name, "MCP stdio server exited; restarting"),
             Err(e) => tracing::warn!(server = %name, "MCP stdio server failed: {e}; restarting"),
@@ -193,6 +201,7 @@ async fn run_once(
     live_tx: &watch::Sender<Option<Live>>,
     stop: &mut watch::Receiver<bool>,
     next_id: &AtomicU64,
+    changes: &Arc<Changes>,
 ) -> Result<bool, String> {
     let name = settings.name.clone();
     let mut child = spawn(settings).map_err(|e| format!("cannot start: {e}"))?;
@@ -224,6 +233,7 @@ async fn run_once(
         let pending = pending.clone();
         let line_tx = line_tx.clone();
         let name = name.clone();
+        let changes = changes.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -246,7 +256,9 @@ async fn run_once(
                             "code": -32601, "message": "Palisade does not serve client requests"}});
                         let _ = line_tx.send(refusal.to_string()).await;
                     }
-                    (None, _) => {}
+                    (None, _) => {
+                        changes.notice(&msg);
+                    }
                 }
             }
         })
@@ -282,6 +294,8 @@ async fn run_once(
     }
     tracing::info!(server = %name, pid = ?pid, "MCP stdio server started");
     live_tx.send_replace(Some(live));
+    // A new process may offer other tools than the last.
+    changes.all_changed();
     let stopped = tokio::select! {
         _ = child.wait() => false,
         _ = stop.changed() => true,

@@ -7,10 +7,15 @@
 //! share server-side state. A stdio server is a single client's process and is shared. Requests
 //! carry only the headers Palisade holds for the server and the delegation chain token, never
 //! the agent's key.
+//!
+//! Palisade lists what a server offers through its own upstream session
+//! ([`super::catalog::CATALOG_SESSION`]) and, for an HTTP server, keeps that session's
+//! standalone GET event stream open to hear `notifications/*/list_changed`; such notifications
+//! inside any answer's event stream, or on a stdio server's stdout, count too ([`Changes`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +26,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use super::catalog::CATALOG_SESSION;
+use super::changes::Changes;
 use super::settings::{ServerKind, ServerSettings};
 use super::stdio::StdioServer;
 
@@ -49,20 +56,23 @@ pub enum UpstreamError {
 
 /// One configured upstream server.
 pub enum Server {
-    Http(HttpServer),
+    Http(Box<HttpServer>),
     Stdio(StdioServer),
 }
 
 impl Server {
-    pub fn new(settings: &ServerSettings, timeout: Duration) -> Server {
+    pub fn new(settings: &ServerSettings, timeout: Duration, changes: Arc<Changes>) -> Server {
         match &settings.kind {
-            ServerKind::Http { url, headers } => Server::Http(HttpServer::new(
+            ServerKind::Http { url, headers } => Server::Http(Box::new(HttpServer::new(
                 &settings.name,
                 url,
                 headers.clone(),
                 timeout,
-            )),
-            ServerKind::Stdio { .. } => Server::Stdio(StdioServer::start(settings, timeout)),
+                changes,
+            ))),
+            ServerKind::Stdio { .. } => {
+                Server::Stdio(StdioServer::start(settings, timeout, changes))
+            }
         }
     }
 
@@ -144,6 +154,22 @@ pub struct HttpServer {
     client: Client<HttpConnector, Full<Bytes>>,
     sessions: Mutex<HashMap<String, UpstreamSession>>,
     next_id: AtomicU64,
+    changes: Arc<Changes>,
+    /// The GET stream of the catalog session, stopped when the server is dropped.
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            l.abort();
+        }
+    }
 }
 
 struct Answer {
@@ -154,7 +180,13 @@ struct Answer {
 }
 
 impl HttpServer {
-    fn new(name: &str, url: &str, headers: Vec<(String, String)>, timeout: Duration) -> Self {
+    fn new(
+        name: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+        changes: Arc<Changes>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
@@ -168,6 +200,8 @@ impl HttpServer {
                 .build(connector),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            changes,
+            listener: Mutex::new(None),
         }
     }
 
@@ -264,10 +298,11 @@ impl HttpServer {
                 if data.is_empty() {
                     continue;
                 }
-                if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n"))
-                    && is_ours(&v)
-                {
-                    return Ok(v);
+                if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) {
+                    if is_ours(&v) {
+                        return Ok(v);
+                    }
+                    self.changes.notice(&v);
                 }
             }
             Err(self.protocol("the event stream ended without the response"))
@@ -330,6 +365,9 @@ impl HttpServer {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(key.to_string(), s.clone());
+                    if key == CATALOG_SESSION {
+                        self.listen(&s);
+                    }
                     s
                 }
             };
@@ -345,6 +383,11 @@ impl HttpServer {
                     && String::from_utf8_lossy(&answer.body).contains("session"));
             if lost && !retried {
                 retried = true;
+                if key == CATALOG_SESSION {
+                    // The server restarted or expired Palisade's session: what it offers may
+                    // have changed too.
+                    self.changes.all_changed();
+                }
                 self.sessions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -355,6 +398,56 @@ impl HttpServer {
                 return Err(self.unavailable(format!("{method} answered {}", answer.status)));
             }
             return result_of(&self.name, self.response_in(&answer, id)?);
+        }
+    }
+
+    /// Keep the session's standalone GET stream open and take note of the list changes it
+    /// announces. A server without one (405) is refetched at the catalog TTL instead.
+    fn listen(&self, session: &UpstreamSession) {
+        let Some(id) = session.id.clone() else {
+            return;
+        };
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(&self.url)
+            .header(header::ACCEPT, "text/event-stream")
+            .header("mcp-session-id", id.as_str())
+            .header("mcp-protocol-version", session.version.as_str());
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let Ok(req) = req.body(Full::new(Bytes::new())) else {
+            return;
+        };
+        let (client, changes, name) =
+            (self.client.clone(), self.changes.clone(), self.name.clone());
+        let task = tokio::spawn(async move {
+            match client.request(req).await {
+                Ok(resp) if resp.status().is_success() => {
+                    let mut body = resp.into_body();
+                    let mut events = SseLines::default();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Ok(data) = frame.into_data() {
+                            for v in events.push(&data) {
+                                changes.notice(&v);
+                            }
+                        }
+                    }
+                    tracing::debug!(server = %name, "upstream event stream ended");
+                }
+                Ok(resp) => {
+                    tracing::debug!(server = %name, status = %resp.status(), "no upstream event stream")
+                }
+                Err(e) => tracing::debug!(server = %name, "upstream event stream failed: {e}"),
+            }
+        });
+        if let Some(old) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle())
+        {
+            old.abort();
         }
     }
 
@@ -370,5 +463,57 @@ impl HttpServer {
         {
             tracing::debug!(server = %self.name, "upstream session not deleted: {e}");
         }
+    }
+}
+
+/// Splits an event stream into the JSON messages of its `data:` lines, across chunk boundaries.
+#[derive(Default)]
+pub struct SseLines {
+    buf: Vec<u8>,
+}
+
+impl SseLines {
+    /// Feed bytes; returns the messages of the events completed by them.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Value> {
+        self.buf.extend(chunk.iter().filter(|b| **b != b'\r'));
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) {
+                out.push(v);
+            }
+        }
+        if self.buf.len() > MAX_ANSWER_BYTES {
+            self.buf.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_streams_split_across_chunks() {
+        let mut s = SseLines::default();
+        assert!(
+            s.push(b": keepalive\n\nevent: message\ndata: {\"method\":")
+                .is_empty()
+        );
+        let got = s.push(b"\"notifications/tools/list_changed\"}\r\n\r\ndata: 1\n\n");
+        assert_eq!(
+            got,
+            vec![
+                json!({"method": "notifications/tools/list_changed"}),
+                json!(1)
+            ]
+        );
     }
 }

@@ -228,9 +228,12 @@ impl TestGateway {
             std::fs::copy(dist_plugin(p), dir.join(format!("{p}.wasm"))).expect("copy plugin");
         }
         let config = dir.join("palisade.toml");
+        let mock_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        // `{mock}` in the extra text is the mock's URL (e.g. for its MCP desk at `{mock}/mcp`).
+        let mock_url = format!("http://{}", mock_listener.local_addr().expect("mock addr"));
+        let extra = &extra.replace("{mock}", &mock_url);
         let text = with_host_lines(&config_text(&dir, &database, plugins_toml), extra);
         std::fs::write(&config, text).expect("write config");
-        let mock_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let (mock_addr, mock) = mock_upstream::spawn(mock_listener);
         let overrides = Overrides {
             upstream_url: Some(format!("http://{mock_addr}")),

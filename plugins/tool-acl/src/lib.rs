@@ -1,4 +1,5 @@
-//! `tool-acl`: which MCP tools each agent may see and call, and with which arguments.
+//! `tool-acl`: which MCP tools, prompts and resources each agent may see and use, and with
+//! which arguments.
 //!
 //! Config:
 //! ```toml
@@ -11,11 +12,17 @@
 //! labels = { tier = "internal" }
 //! allow  = ["crm__query", "fs__read_*"]   # tool names (`server__tool`), `*` globs
 //! deny   = ["fs__write_*"]                # wins over any allow
+//! # prompts and resources by the names the gateway gives them:
+//! # "prompt:crm__reply_template", "resource:crm+desk://policies/*"
+//! # (a resource template is listed under its template, e.g. "resource:crm+desk://tickets/{id}")
 //! [[plugins.config.rules.args]]           # argument constraints, checked at call time
 //! tool    = "crm__query"                  # glob of the tools it applies to
 //! path    = "$.table"                     # JSON path into the arguments (`$.a.b[0].c`)
 //! one_of  = ["faq", "docs"]               # also: eq, regex (whole value), min, max
 //! ```
+//!
+//! Prompts and resources follow the same rules as tools under those names (a prompt's
+//! arguments can be constrained like a tool's; a resource read's arguments are `{"uri": ...}`).
 //!
 //! One decision function ([`Acl::decide`]) serves both hooks, so list and call agree: a tool is
 //! visible exactly when its name is allowed (some rule that applies to the agent allows it and
@@ -186,19 +193,31 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// How a message names what was called: `tool 'x'`, `prompt 'x'` or `resource 'x'`.
+fn describe(target: &str) -> String {
+    if let Some(p) = target.strip_prefix("prompt:") {
+        format!("prompt '{p}'")
+    } else if let Some(r) = target.strip_prefix("resource:") {
+        format!("resource '{r}'")
+    } else {
+        format!("tool '{target}'")
+    }
+}
+
 impl Constraint {
     /// `None` if the arguments pass, else why not.
     fn check(&self, tool: &str, args: &Value) -> Option<String> {
         let arg = &self.path_text;
+        let tool = describe(tool);
         let Some(v) = lookup(args, &self.path) else {
             return (!self.optional)
-                .then(|| format!("tool '{tool}' may only be called with argument '{arg}' set"));
+                .then(|| format!("{tool} may only be called with argument '{arg}' set"));
         };
         if let Some(want) = &self.eq
             && v != want
         {
             return Some(format!(
-                "argument '{arg}' = {} is not allowed for tool '{tool}': it must be {}",
+                "argument '{arg}' = {} is not allowed for {tool}: it must be {}",
                 show(v),
                 show(want)
             ));
@@ -208,7 +227,7 @@ impl Constraint {
         {
             let allowed: Vec<String> = set.iter().map(show).collect();
             return Some(format!(
-                "argument '{arg}' = {} is not allowed for tool '{tool}': it must be one of [{}]",
+                "argument '{arg}' = {} is not allowed for {tool}: it must be one of [{}]",
                 show(v),
                 allowed.join(", ")
             ));
@@ -217,7 +236,7 @@ impl Constraint {
             let ok = v.as_str().is_some_and(|s| re.is_match(s));
             if !ok {
                 return Some(format!(
-                    "argument '{arg}' = {} is not allowed for tool '{tool}': it must match /{text}/",
+                    "argument '{arg}' = {} is not allowed for {tool}: it must match /{text}/",
                     show(v)
                 ));
             }
@@ -230,13 +249,13 @@ impl Constraint {
             );
             let Some(n) = v.as_f64() else {
                 return Some(format!(
-                    "argument '{arg}' of tool '{tool}' must be a number {range}, got {}",
+                    "argument '{arg}' of {tool} must be a number {range}, got {}",
                     show(v)
                 ));
             };
             if self.min.is_some_and(|m| n < m) || self.max.is_some_and(|m| n > m) {
                 return Some(format!(
-                    "argument '{arg}' = {n} is not allowed for tool '{tool}': it must be {range}"
+                    "argument '{arg}' = {n} is not allowed for {tool}: it must be {range}"
                 ));
             }
         }
