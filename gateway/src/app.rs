@@ -25,6 +25,8 @@ pub enum StartError {
         url: String,
         source: palisade_store::StoreError,
     },
+    #[error("cannot set up outbound TLS: {0}")]
+    Tls(#[from] crate::net::TlsError),
     #[error("cannot sync agents from the config into the store: {0}")]
     Sync(palisade_store::StoreError),
     #[error("cannot create the first admin from ${var}: {source}")]
@@ -65,6 +67,7 @@ impl Gateway {
     /// Load the config and plugins, open the store, create the first admin (from the env var the
     /// config names, if set), sync config agents, start the audit writer.
     pub async fn start(config: &Path, overrides: Overrides) -> Result<Arc<Gateway>, StartError> {
+        crate::net::check()?;
         let services = Arc::new(HostServices::default());
         let policy = Policy::start(config, services.clone(), overrides).await?;
         let rt = policy.current();

@@ -372,7 +372,9 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         || format!("{provider}: {body} / {failed_over:?}"),
     )?;
 
-    say("6. Tools: each agent sees and calls only what tool-acl grants it (MCP at /mcp)");
+    say(
+        "6. Tools: each agent sees and uses only the tools and resources tool-acl grants (MCP at /mcp)",
+    );
     let support = McpSession::open(&client, "pk-demo-support-bot").await?;
     let research = McpSession::open(&client, "pk-demo-research-bot").await?;
     let seen_by_support = support.tool_names().await?;
@@ -390,9 +392,28 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     println!("   support-bot  crm_query {{table: orders}}   -> {orders_text}");
     let (r_refused, r_text) = tool_answer(&research.rpc("tools/call", hr).await?);
     println!("   research-bot hr_salary {{employee: Marcus}} -> {r_text}");
+    // Resources pass the same decision: the salary sheet is not there for support-bot.
+    let read = |uri: &str| json!({ "uri": uri });
+    let sheet = support
+        .rpc("resources/read", read("desk+desk://hr/salaries"))
+        .await?;
+    let (sheet_refused, sheet_text) = tool_answer(&sheet);
+    println!("   support-bot  read desk+desk://hr/salaries   -> {sheet_text}");
+    let policy = support
+        .rpc("resources/read", read("desk+desk://policies/refunds"))
+        .await?;
+    let policy_text = policy
+        .pointer("/result/contents/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    println!("   support-bot  read desk+desk://policies/refunds -> {policy_text}");
     expect(
         "hide a tool",
         !seen_by_support.iter().any(|t| t.contains("hr_salary"))
+            && sheet_refused
+            && !sheet.to_string().contains("Marcus")
+            && policy_text.starts_with("Refunds")
             && seen_by_research.iter().any(|t| t.contains("hr_salary"))
             && hr_refused
             && sal_refused
@@ -402,7 +423,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
             && r_text.contains("USD"),
         || {
             format!(
-                "{seen_by_support:?} {seen_by_research:?} {hr_text} | {sal_text} | {orders_text} | {r_text}"
+                "{seen_by_support:?} {seen_by_research:?} {hr_text} | {sal_text} | {orders_text} | {r_text} | {sheet_text} | {policy_text}"
             )
         },
     )?;

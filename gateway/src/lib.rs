@@ -19,6 +19,7 @@ pub mod error;
 pub mod ledger;
 pub mod mcp;
 pub mod metrics;
+pub mod net;
 pub mod plugins;
 pub mod providers;
 pub mod registry;

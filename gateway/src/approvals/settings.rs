@@ -91,9 +91,9 @@ impl RawApprovals {
         let webhook = match &self.webhook {
             None => None,
             Some(w) => {
-                if !w.url.starts_with("http://") {
+                if !w.url.starts_with("http://") && !w.url.starts_with("https://") {
                     return Err(format!(
-                        "approvals.webhook.url must be an http:// URL (TLS is not built in yet; terminate it in front), got {:?}",
+                        "approvals.webhook.url must be an http:// or https:// URL, got {:?}",
                         w.url
                     ));
                 }

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use palisade_store::Approval;
 use serde_json::json;
@@ -67,13 +66,14 @@ pub fn payload(a: &Approval, include_arguments: bool) -> serde_json::Value {
 /// Posts announcements.
 #[derive(Clone)]
 pub struct Webhook {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::net::Connector, Full<Bytes>>,
 }
 
 impl Default for Webhook {
     fn default() -> Self {
         Webhook {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .build(crate::net::connector(std::time::Duration::from_secs(5))),
         }
     }
 }

@@ -153,7 +153,7 @@ pub fn resolve(
                     .ok_or_else(|| format!("mcp_servers '{name}': http needs `url`"))?;
                 if !url.starts_with("http://") && !url.starts_with("https://") {
                     return Err(format!(
-                        "mcp_servers '{name}': url '{url}' must start with http://"
+                        "mcp_servers '{name}': url '{url}' must start with http:// or https://"
                     ));
                 }
                 if s.command.is_some() || !s.args.is_empty() {

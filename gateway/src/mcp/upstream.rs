@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
@@ -151,7 +150,7 @@ pub struct HttpServer {
     url: String,
     headers: Vec<(String, String)>,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::net::Connector, Full<Bytes>>,
     sessions: Mutex<HashMap<String, UpstreamSession>>,
     next_id: AtomicU64,
     changes: Arc<Changes>,
@@ -187,9 +186,7 @@ impl HttpServer {
         timeout: Duration,
         changes: Arc<Changes>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
+        let connector = crate::net::connector(Duration::from_secs(5));
         HttpServer {
             name: name.to_string(),
             url: url.to_string(),

@@ -21,7 +21,6 @@ use http::{Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamSettings;
@@ -32,14 +31,12 @@ const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::net::Connector, Full<Bytes>>,
 }
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
+        let connector = crate::net::connector(settings.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
