@@ -636,7 +636,22 @@ async fn mcp_face_lists_tools_and_counts_emails() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["crm_query", "hr_salary", "send_email"]);
+    assert_eq!(
+        names,
+        ["crm_query", "hr_salary", "send_email", "enable_refunds"]
+    );
+
+    // enable_refunds adds a tool and says so in an event stream before its response.
+    let on = json!({"name": "enable_refunds", "arguments": {}});
+    let (status, headers, body) = mock
+        .call(Method::POST, "/mcp", &json, rpc(9, "tools/call", on))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let text = String::from_utf8_lossy(&body);
+    let changed = text.find("notifications/tools/list_changed");
+    let response = text.find("\"id\":9");
+    assert!(changed.is_some() && changed < response, "{text}");
 
     assert_eq!(mock.state.emails_sent(), 0);
     let send =
