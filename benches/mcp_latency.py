@@ -1,6 +1,8 @@
 """Latency of one MCP tools/call (server-everything `echo`), direct vs through Palisade's /mcp
 with tool-acl, on one keep-alive connection each, calls interleaved so both see the same machine
-load. Prints p50/p99 of each and what Palisade adds. Used by benches/mcp.sh.
+load. The direct session speaks the protocol version Palisade speaks upstream (2025-11-25:
+server-everything answers it more slowly than 2025-06-18, which would otherwise be counted as
+Palisade's). Prints p50/p99 of each and what Palisade adds. Used by benches/mcp.sh.
 
 usage: mcp_latency.py DIRECT_URL GATEWAY_URL AGENT_KEY [N]
 """
@@ -12,6 +14,9 @@ import sys
 import time
 from urllib.parse import urlparse
 
+# What Palisade speaks to upstream servers (gateway/src/mcp/upstream.rs UPSTREAM_VERSION).
+VERSION = "2025-11-25"
+
 
 class Conn:
     def __init__(self, url: str, key: str | None) -> None:
@@ -22,10 +27,10 @@ class Conn:
         if key:
             self.h["Authorization"] = f"Bearer {key}"
         status, headers, _ = self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}})
+            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}})
         assert status == 200, status
         self.h["Mcp-Session-Id"] = headers["mcp-session-id"]
-        self.h["MCP-Protocol-Version"] = "2025-06-18"
+        self.h["MCP-Protocol-Version"] = VERSION
         assert self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})[0] == 202
 
     def post(self, msg: dict):

@@ -11,7 +11,6 @@ use palisade_store::{NewAuditEvent, Store};
 use crate::audit::AuditSink;
 use crate::metrics::Metrics;
 use crate::plugins::{HostServices, Overrides, Policy, ReloadError, Runtime};
-use crate::providers::Upstream;
 use crate::providers::breaker::Breakers;
 use crate::providers::routes::ProviderSet;
 use crate::registry::Registry;
@@ -46,7 +45,6 @@ pub struct Gateway {
     pub services: Arc<HostServices>,
     /// Held calls and their human approvals.
     pub approvals: crate::approvals::Gate,
-    upstream: ArcSwap<Upstream>,
     /// Provider clients for the current `[[providers]]`, rebuilt when they change.
     providers: ArcSwap<ProviderSet>,
     /// Per-target circuit breakers, kept across reloads.
@@ -107,7 +105,6 @@ impl Gateway {
         );
         let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
         let gw = Arc::new(Gateway {
-            upstream: ArcSwap::from_pointee(Upstream::new(rt.settings.upstream.clone())),
             providers: ArcSwap::from_pointee(ProviderSet::new(rt.settings.provider_list())),
             breakers: Breakers::default(),
             metrics: Metrics::default(),
@@ -122,17 +119,6 @@ impl Gateway {
         });
         tokio::spawn(follow_reloads(Arc::downgrade(&gw)));
         Ok(gw)
-    }
-
-    /// The upstream client for the runtime's settings, rebuilt only when they changed.
-    pub fn upstream(&self, rt: &Runtime) -> Arc<Upstream> {
-        let current = self.upstream.load_full();
-        if current.settings == rt.settings.upstream {
-            return current;
-        }
-        let fresh = Arc::new(Upstream::new(rt.settings.upstream.clone()));
-        self.upstream.store(fresh.clone());
-        fresh
     }
 
     /// The provider clients for the runtime's settings, rebuilt only when they changed.

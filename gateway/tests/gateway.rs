@@ -332,6 +332,25 @@ async fn models_are_listed_for_agents_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_list_the_route_aliases_before_the_default_providers_models() {
+    let routes = "[routes.fast]\ntargets = [\"mock/gpt-4o-mini\"]\n";
+    let gw = TestGateway::start_full(common::Db::Sqlite, &[], "", false, routes).await;
+    let (s, _, b) = gw
+        .request("GET", "/v1/models", Some(SUPPORT_KEY), Bytes::new())
+        .await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data[0]["id"], "fast", "{v}");
+    assert_eq!(data[0]["owned_by"], "palisade");
+    assert!(data.iter().any(|m| m["id"] == "gpt-4o-mini"), "{v}");
+    // The alias works as a model.
+    let r = gw.chat(SUPPORT_KEY, &chat_body("fast", "hello")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_instances_share_nothing_and_pooled_ones_are_reused_and_recycled() {
     let toml = format!(
         "{}{}",

@@ -23,10 +23,12 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use palisade_store::NewAuditEvent;
+use serde_json::json;
 
 use crate::app::{Gateway, now_ms};
 use crate::chain::{self, ChainError};
@@ -487,13 +489,45 @@ pub fn usage_from_value(v: &serde_json::Value, provider: &str) -> Usage {
     }
 }
 
-/// `GET /v1/models`: the upstream's list, for authenticated agents.
+/// `GET /v1/models`, for authenticated agents: what a `model` may name through Palisade. The
+/// route aliases (`owned_by: "palisade"`), then the default provider's own list (plain model
+/// names go there). Without aliases the provider's failure is the answer; with them, the
+/// aliases alone are.
 pub async fn models(gw: &Gateway, parts: Parts) -> Result<Response<GatewayBody>, CallError> {
     let rt = gw.policy.current();
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
         "missing API key: send `Authorization: Bearer <agent key>`",
     ))?;
     gw.registry.authenticate(key).await?;
-    let body = gw.upstream(&rt).models().await?;
-    Ok(json_response(StatusCode::OK, body))
+    let mut data: Vec<serde_json::Value> = rt
+        .settings
+        .routes
+        .keys()
+        .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "palisade"}))
+        .collect();
+    let providers = gw.providers(&rt);
+    let listed = match providers.get(&rt.settings.upstream.name) {
+        Some(p) => p.models().await,
+        None => None,
+    };
+    match listed {
+        Some(Ok(body)) => {
+            let theirs = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("data").and_then(|d| d.as_array()).cloned())
+                .unwrap_or_default();
+            let aliases = data.len();
+            for m in theirs {
+                let id = m.get("id").and_then(|i| i.as_str()).unwrap_or_default();
+                if !id.is_empty() && !data[..aliases].iter().any(|a| a["id"] == id) {
+                    data.push(m);
+                }
+            }
+        }
+        Some(Err(e)) if data.is_empty() => return Err(e),
+        Some(Err(e)) => tracing::warn!("GET /v1/models lists the aliases only: {e}"),
+        None => {}
+    }
+    let body = json!({"object": "list", "data": data}).to_string();
+    Ok(json_response(StatusCode::OK, Bytes::from(body)))
 }

@@ -43,9 +43,36 @@ impl Provider {
         out: Outgoing,
         first_byte: Duration,
     ) -> Result<Response<Incoming>, CallError> {
+        self.exchange(http::Method::POST, out, first_byte).await
+    }
+
+    /// The provider's own model list (`GET /v1/models`), for OpenAI-compatible providers; the
+    /// other dialects list models in other shapes and answer `None`.
+    pub async fn models(&self) -> Option<Result<Bytes, CallError>> {
+        if self.settings.dialect != crate::providers::dialect::Dialect::OpenAi {
+            return None;
+        }
+        let out = Outgoing {
+            path: "/v1/models".into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        let within = self.settings.timeout;
+        Some(match self.exchange(http::Method::GET, out, within).await {
+            Ok(resp) => self.read(resp, within).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn exchange(
+        &self,
+        method: http::Method,
+        out: Outgoing,
+        first_byte: Duration,
+    ) -> Result<Response<Incoming>, CallError> {
         let provider = self.settings.name.clone();
         let mut req = Request::builder()
-            .method(http::Method::POST)
+            .method(method)
             .uri(format!("{}{}", self.settings.base_url, out.path))
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(key) = &self.settings.api_key
