@@ -388,6 +388,9 @@ impl Settings {
                 api_key: u.api_key.clone(),
                 connect_timeout: u.connect_timeout,
                 first_byte_timeout: u.timeout,
+                stream_idle_timeout: Duration::from_millis(
+                    crate::providers::config::DEFAULT_STREAM_IDLE_MS,
+                ),
                 timeout: u.timeout,
             });
         }

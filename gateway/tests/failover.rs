@@ -659,3 +659,64 @@ price = 5.0
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(provider(&r), "secondary/backup-model");
 }
+
+#[tokio::test]
+async fn a_stream_that_goes_silent_after_its_first_content_is_cut_at_the_idle_timeout() {
+    let (slow, _) = mock();
+    let extra = format!(
+        r#"
+[[providers]]
+name = "slow"
+base_url = "http://{slow}"
+first_byte_timeout_ms = 5000
+stream_idle_timeout_ms = 300
+
+[routes.slow]
+targets = ["slow/fast-model"]
+"#
+    );
+    let gw = TestGateway::start_full(Db::Sqlite, &[], "", false, &extra).await;
+    // Every chunk 800 ms after the last: the first content is in time (5 s), the next is not.
+    let mut body = chat_body("slow", "[mock:chunk_delay=800] hello there");
+    body["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let (status, _, bytes) = gw
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(SUPPORT_KEY),
+            Bytes::from(body.to_string()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&bytes);
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert!(!events.is_empty(), "{text}");
+    assert!(!events.contains(&"[DONE]"), "{events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
+    assert!(
+        !stream_text(&events.iter().map(|e| e.to_string()).collect::<Vec<_>>()).is_empty(),
+        "the first content went out: {events:?}"
+    );
+    // Cut at the first silence, not after the whole (slow) answer.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The call is audited once the stream has ended.
+    let mut found = None;
+    for _ in 0..50 {
+        found = audit(&gw)
+            .await
+            .into_iter()
+            .rfind(|e| e["kind"] == "llm-call");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = found.expect("audited");
+    assert_eq!(e["truncated"], true);
+    assert_eq!(e["error_code"], "upstream_timeout", "{e}");
+}

@@ -4,7 +4,8 @@
 //! [`ChunkStream::prime`] reads ahead until the first real content (text, a tool call, or a
 //! proper end), holding lifecycle frames back. Until then nothing has gone to the agent, so a
 //! failure (error event, empty body, malformed SSE, no first token in time) can still fail
-//! over; after it, [`ChunkStream::next`] replays the held chunks and goes on.
+//! over; after it, [`ChunkStream::next`] replays the held chunks and goes on, failing the
+//! stream if the provider stays silent longer than its idle timeout.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub struct ChunkStream {
     pending: VecDeque<Value>,
     provider: String,
     ended: bool,
+    idle: Duration,
 }
 
 /// What the stream gives next.
@@ -37,7 +39,13 @@ pub enum Next {
 }
 
 impl ChunkStream {
-    pub fn new(body: Incoming, decoder: Box<dyn StreamDecoder>, provider: String) -> ChunkStream {
+    /// `idle`: the longest wait for the next bytes once the stream is primed.
+    pub fn new(
+        body: Incoming,
+        decoder: Box<dyn StreamDecoder>,
+        provider: String,
+        idle: Duration,
+    ) -> ChunkStream {
         ChunkStream {
             body,
             sse: SseReader::default(),
@@ -45,6 +53,7 @@ impl ChunkStream {
             pending: VecDeque::new(),
             provider,
             ended: false,
+            idle,
         }
     }
 
@@ -131,8 +140,15 @@ impl ChunkStream {
                 self.ended = true;
                 return Next::Done;
             }
-            if let Err(e) = self.read_more().await {
-                return Next::Failed(e);
+            match tokio::time::timeout(self.idle, self.read_more()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Next::Failed(e),
+                Err(_) => {
+                    return Next::Failed(CallError::UpstreamTimeout {
+                        provider: self.provider.clone(),
+                        after: self.idle,
+                    });
+                }
             }
         }
     }

@@ -10,6 +10,7 @@
 //! api_key_env = "ANTHROPIC_API_KEY"   # or api_key_file = "/run/secrets/anthropic"
 //! connect_timeout_ms = 2000
 //! first_byte_timeout_ms = 15000       # response head, and for streams the first token
+//! stream_idle_timeout_ms = 60000       # a stream silent this long after its first token is cut
 //! timeout_ms = 120000                 # a whole non-streamed answer
 //!
 //! [routes.smart]
@@ -63,6 +64,7 @@ pub struct RawProvider {
     pub api_key_file: Option<std::path::PathBuf>,
     pub connect_timeout_ms: Option<u64>,
     pub first_byte_timeout_ms: Option<u64>,
+    pub stream_idle_timeout_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
 }
 
@@ -93,6 +95,8 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
     /// Until the response head arrives; for a stream, until its first content.
     pub first_byte_timeout: Duration,
+    /// Longest silence of a stream after its first content; then it is cut (`upstream_timeout`).
+    pub stream_idle_timeout: Duration,
     /// A whole non-streamed answer.
     pub timeout: Duration,
 }
@@ -155,6 +159,8 @@ impl Default for BreakerSettings {
 /// Default per-call deadline for a plain model (no route) and for routes that name none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
+/// Default `stream_idle_timeout_ms`.
+pub const DEFAULT_STREAM_IDLE_MS: u64 = 60_000;
 
 /// Resolve `[[providers]]`: keys read from their env var or file (trimmed), URLs checked.
 /// `reserved` is the `[upstream]` provider's name, if the file has one.
@@ -214,6 +220,7 @@ pub fn resolve_providers(
             api_key: api_key.map(Secret),
             connect_timeout: ms(p.connect_timeout_ms, 2000),
             first_byte_timeout: ms(p.first_byte_timeout_ms, 60_000),
+            stream_idle_timeout: ms(p.stream_idle_timeout_ms, DEFAULT_STREAM_IDLE_MS),
             timeout: ms(p.timeout_ms, 120_000),
             name,
         });

@@ -205,6 +205,7 @@ async fn attempt(
             resp.into_body(),
             s.dialect.stream_decoder(&target.model),
             s.name.clone(),
+            s.stream_idle_timeout,
         );
         let left = first_byte.saturating_sub(t0.elapsed());
         chunks.prime(left).await?;
