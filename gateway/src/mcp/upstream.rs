@@ -3,7 +3,7 @@
 //!
 //! Upstream sessions are Palisade's business: an HTTP server gets one upstream session per
 //! agent session (opened lazily with `initialize` + `notifications/initialized`, reopened once
-//! if the server forgot it, closed with `DELETE` when the agent's session ends), so agents never
+//! if the server forgot it, closed with `DELETE` when the agent's session ends or after [`SESSION_IDLE`] unused), so agents never
 //! share server-side state. A stdio server is a single client's process and is shared. Requests
 //! carry only the headers Palisade holds for the server and the delegation chain token, never
 //! the agent's key.
@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -142,6 +142,28 @@ pub fn initialize_params() -> Value {
 struct UpstreamSession {
     id: Option<String>,
     version: String,
+    /// Last request on it.
+    used: Instant,
+}
+
+/// An agent session's upstream session unused this long is closed (`DELETE`), so sessions
+/// agents never end do not pile up here or on the server; the agent's next request opens a new
+/// one. Palisade's own catalog session stays.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// How often idle sessions are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The keys of the sessions idle for `idle` at `now` (never the catalog session's).
+fn idle_keys(
+    sessions: &HashMap<String, UpstreamSession>,
+    now: Instant,
+    idle: Duration,
+) -> Vec<String> {
+    sessions
+        .iter()
+        .filter(|(k, s)| k.as_str() != CATALOG_SESSION && now.duration_since(s.used) >= idle)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// A Streamable HTTP server.
@@ -156,6 +178,7 @@ pub struct HttpServer {
     changes: Arc<Changes>,
     /// The GET stream of the catalog session, stopped when the server is dropped.
     listener: Mutex<Option<tokio::task::AbortHandle>>,
+    last_sweep: Mutex<Instant>,
 }
 
 impl Drop for HttpServer {
@@ -199,6 +222,7 @@ impl HttpServer {
             next_id: AtomicU64::new(1),
             changes,
             listener: Mutex::new(None),
+            last_sweep: Mutex::new(Instant::now()),
         }
     }
 
@@ -326,6 +350,7 @@ impl HttpServer {
         let session = UpstreamSession {
             id: answer.session_id,
             version,
+            used: Instant::now(),
         };
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         let a = self
@@ -346,14 +371,18 @@ impl HttpServer {
         params: Value,
         chain: Option<&str>,
     ) -> Result<Value, UpstreamError> {
+        self.sweep();
         let mut retried = false;
         loop {
             let known = self
                 .sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(key)
-                .cloned();
+                .get_mut(key)
+                .map(|s| {
+                    s.used = Instant::now();
+                    s.clone()
+                });
             let session = match known {
                 Some(s) => s,
                 None => {
@@ -448,6 +477,43 @@ impl HttpServer {
         }
     }
 
+    /// Close the sessions idle for [`SESSION_IDLE`], at most every [`SWEEP_EVERY`].
+    fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let gone: Vec<UpstreamSession> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            idle_keys(&sessions, Instant::now(), SESSION_IDLE)
+                .into_iter()
+                .filter_map(|k| sessions.remove(&k))
+                .collect()
+        };
+        for s in gone {
+            let Some(id) = s.id else { continue };
+            let mut req = Request::builder()
+                .method(Method::DELETE)
+                .uri(&self.url)
+                .header("mcp-session-id", id.as_str())
+                .header("mcp-protocol-version", s.version.as_str());
+            for (k, v) in &self.headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            if let Ok(req) = req.body(Full::new(Bytes::new())) {
+                let (client, name) = (self.client.clone(), self.name.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.request(req).await {
+                        tracing::debug!(server = %name, "idle upstream session not deleted: {e}");
+                    }
+                });
+            }
+        }
+    }
+
     async fn end_session(&self, key: &str) {
         let gone = self
             .sessions
@@ -496,6 +562,23 @@ impl SseLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_sessions_are_found_but_never_the_catalogs() {
+        let t0 = Instant::now();
+        let at = |secs| UpstreamSession {
+            id: Some("x".into()),
+            version: UPSTREAM_VERSION.into(),
+            used: t0 + Duration::from_secs(secs),
+        };
+        let mut m = HashMap::new();
+        m.insert("old".to_string(), at(0));
+        m.insert("fresh".to_string(), at(100));
+        m.insert(CATALOG_SESSION.to_string(), at(0));
+        let now = t0 + Duration::from_secs(120);
+        assert_eq!(idle_keys(&m, now, Duration::from_secs(60)), ["old"]);
+        assert!(idle_keys(&m, now, Duration::from_secs(200)).is_empty());
+    }
 
     #[test]
     fn event_streams_split_across_chunks() {
