@@ -1,6 +1,6 @@
 //! `/mcp` beyond tools, in-process against the mock upstream's MCP desk over HTTP: prompts
 //! and resources (and resource templates) are listed and used as `tool-acl` allows, under the
-//! same decision as tools; a server's `notifications/tools/list_changed` refreshes the cached
+//! same decision as tools (argument completions too); a server's `notifications/tools/list_changed` refreshes the cached
 //! catalog and reaches the agent's `GET /mcp` stream; a session ended on one replica is
 //! refused by another.
 
@@ -84,6 +84,7 @@ async fn initialize(gw: &TestGateway, key: &str) -> String {
     for c in ["tools", "prompts", "resources"] {
         assert_eq!(caps[c]["listChanged"], true, "{body}");
     }
+    assert!(caps["completions"].is_object(), "{body}");
     sid
 }
 
@@ -188,6 +189,56 @@ async fn prompts_and_resources_are_listed_and_used_as_the_policy_allows() {
         hidden["error"]["message"],
         "Unknown prompt: desk__salary_letter"
     );
+
+    // Completions of a prompt's or template's arguments, for what the agent may see only.
+    let complete = |r: Value, arg: &str, value: &str| json!({"ref": r, "argument": {"name": arg, "value": value}});
+    let tones = rpc(
+        &gw,
+        SUPPORT_KEY,
+        &support,
+        "completion/complete",
+        complete(
+            json!({"type": "ref/prompt", "name": "desk__reply_template"}),
+            "tone",
+            "f",
+        ),
+    )
+    .await;
+    assert_eq!(
+        tones["result"]["completion"]["values"],
+        json!(["formal", "friendly"]),
+        "{tones}"
+    );
+    let ids = rpc(
+        &gw,
+        SUPPORT_KEY,
+        &support,
+        "completion/complete",
+        complete(
+            json!({"type": "ref/resource", "uri": "desk+desk://tickets/{id}"}),
+            "id",
+            "104",
+        ),
+    )
+    .await;
+    assert_eq!(
+        ids["result"]["completion"]["values"],
+        json!(["1042", "1043"]),
+        "{ids}"
+    );
+    let hidden = rpc(
+        &gw,
+        SUPPORT_KEY,
+        &support,
+        "completion/complete",
+        complete(
+            json!({"type": "ref/prompt", "name": "desk__salary_letter"}),
+            "employee",
+            "M",
+        ),
+    )
+    .await;
+    assert_eq!(hidden["error"]["code"], -32602, "{hidden}");
 
     // Resources: listed, templated, hidden.
     let read = |uri: &str| json!({ "uri": uri });

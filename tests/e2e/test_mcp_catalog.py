@@ -295,6 +295,27 @@ def test_resource_templates(gw: CatalogGateway) -> None:
     assert hidden == set()
 
 
+def test_argument_completions_for_visible_prompts_only(gw: CatalogGateway) -> None:
+    from mcp.types import PromptReference
+
+    async def go():
+        async with connect(gw, "librarian") as a:
+            ok = await a._s.complete(
+                PromptReference(type="ref/prompt", name="everything__completable-prompt"),
+                {"name": "department", "value": "S"},
+            )
+        async with connect(gw, "greeter") as b:
+            no = await refused(b._s.complete(
+                PromptReference(type="ref/prompt", name="everything__completable-prompt"),
+                {"name": "department", "value": "S"},
+            ))
+        return ok, no
+
+    ok, no = run(go())
+    assert sorted(ok.completion.values) == ["Sales", "Support"], ok
+    assert no.error.code == -32602 and "Unknown prompt" in no.error.message
+
+
 def test_stdio_desk_prompts_and_resources(gw: CatalogGateway) -> None:
     async def go():
         async with connect(gw, "clerk") as c:

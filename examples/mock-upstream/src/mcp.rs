@@ -67,7 +67,8 @@ pub fn answer(body: &[u8], state: &MockState) -> Reply {
                 .get("protocolVersion")
                 .and_then(Value::as_str)
                 .unwrap_or(VERSION),
-            "capabilities": {"tools": {"listChanged": true}, "prompts": {}, "resources": {}},
+            "capabilities": {"tools": {"listChanged": true}, "prompts": {}, "resources": {},
+                             "completions": {}},
             "serverInfo": {"name": "mock-upstream", "version": env!("CARGO_PKG_VERSION")},
         }),
         "ping" => json!({}),
@@ -85,6 +86,7 @@ pub fn answer(body: &[u8], state: &MockState) -> Reply {
             Ok(r) => r,
             Err(m) => return error_reply(&id, -32602, &m),
         },
+        "completion/complete" => complete(&params),
         "resources/list" => json!({"resources": resources()}),
         "resources/templates/list" => json!({"resourceTemplates": [{
             "uriTemplate": "desk://tickets/{id}",
@@ -110,6 +112,29 @@ fn error_reply(id: &Value, code: i64, message: &str) -> Reply {
         status: StatusCode::OK,
         messages: vec![rpc_error(id, code, message)],
     }
+}
+
+/// Suggestions for `reply_template`'s `tone` and the ticket template's `id`.
+fn complete(params: &Value) -> Value {
+    let prefix = params
+        .pointer("/argument/value")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let choices: &[&str] = match (
+        params.pointer("/ref/name").and_then(Value::as_str),
+        params.pointer("/ref/uri").and_then(Value::as_str),
+        params.pointer("/argument/name").and_then(Value::as_str),
+    ) {
+        (Some("reply_template"), _, Some("tone")) => &["formal", "friendly"],
+        (_, Some("desk://tickets/{id}"), Some("id")) => &["1042", "1043"],
+        _ => &[],
+    };
+    let values: Vec<&str> = choices
+        .iter()
+        .copied()
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    json!({"completion": {"values": values, "total": values.len(), "hasMore": false}})
 }
 
 fn prompts() -> Value {

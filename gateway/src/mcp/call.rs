@@ -168,7 +168,8 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
     if method == "ping" {
         return (result(id, json!({})), None);
     }
-    if listing.is_none() && item.is_none() {
+    let completion = method == "completion/complete";
+    if listing.is_none() && item.is_none() && !completion {
         return (
             error(
                 id,
@@ -179,7 +180,9 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
             None,
         );
     }
-    let mut draft = draft(ctx, method, listing.is_some());
+    // Completions are policed like listings: they reveal, never run.
+    let lists = listing.is_some() || completion;
+    let mut draft = draft(ctx, method, lists);
     let run = match crate::call::delegation(ctx.gw, ctx.rt, ctx.headers, &ctx.agent.id)
         .and_then(|run| ctx.gw.audit.admit().map(|_| run))
     {
@@ -194,11 +197,11 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
     let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
     draft.event.run_id = run.run_id.clone();
     draft.event.chain = run.agents.clone();
-    let call = wit_call(ctx, &run, listing.is_some());
+    let call = wit_call(ctx, &run, lists);
     let reply = match (listing, item) {
         (Some(l), _) => list(ctx, id, call, l, draft).await,
         (None, Some(item)) => use_item(ctx, id, params, call, &token, draft, item).await,
-        (None, None) => unreachable!("checked above"),
+        (None, None) => complete_ref(ctx, id, params, call, &token, draft).await,
     };
     (reply, Some(token))
 }
@@ -369,6 +372,117 @@ async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, draft: Draft) -
             let code = e.code().to_string();
             finish(ctx, draft, Some(session), facts(0), Some(code)).await;
             error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None)
+        }
+    }
+}
+
+/// `completion/complete`: argument suggestions for a prompt or a resource template, from its
+/// server, if the agent may see it (the same decision as its listing); else the same error as
+/// using it.
+async fn complete_ref(
+    ctx: &Ctx<'_>,
+    id: &Value,
+    mut params: Value,
+    call: Call,
+    token: &str,
+    mut draft: Draft,
+) -> Value {
+    let mut facts = Facts {
+        method: "completion/complete",
+        server: None,
+        item: None,
+        arguments_sha256: None,
+        is_error: None,
+        shown: None,
+    };
+    let r = &params["ref"];
+    let (item, listing, field, name) = match r["type"].as_str() {
+        Some("ref/prompt") => (Item::Prompt, Listing::Prompts, "name", r["name"].as_str()),
+        Some("ref/resource") => (Item::Resource, Listing::Templates, "uri", r["uri"].as_str()),
+        _ => (Item::Tool, Listing::Tools, "", None),
+    };
+    let Some(name) = name.map(str::to_string) else {
+        finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+        return error(
+            id,
+            jsonrpc::INVALID_PARAMS,
+            "completion/complete needs `ref` of type ref/prompt (with `name`) or ref/resource \
+             (with `uri`)",
+            None,
+        );
+    };
+    draft.event.target = name.clone();
+    let resolved = match item {
+        Item::Resource => ctx.hub.resolve_resource(&name).await,
+        _ => ctx
+            .hub
+            .resolve(Item::Prompt.listing(), &name)
+            .await
+            .map(|e| (e.server, e.original)),
+    };
+    let Some((server_index, original)) = resolved else {
+        finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
+        return item.unknown(id, &name, ctx.modern);
+    };
+    let server = ctx.hub.servers[server_index].clone();
+    facts.server = Some(server.name().to_string());
+    facts.item = Some((item, original.clone()));
+    let shown = Tool {
+        name: Item::policy_name(listing, &name),
+        description: String::new(),
+    };
+    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let visible = match session.filter_tools(&call, vec![shown]).await {
+        Ok(kept) => !kept.is_empty(),
+        Err(e) => {
+            let code = e.code().to_string();
+            finish(ctx, draft, Some(session), facts, Some(code)).await;
+            return error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None);
+        }
+    };
+    if !visible {
+        finish(
+            ctx,
+            draft,
+            Some(session),
+            facts,
+            Some("unknown_tool".into()),
+        )
+        .await;
+        return item.unknown(id, &name, ctx.modern);
+    }
+    params["ref"][field] = json!(original);
+    if let Value::Object(p) = &mut params {
+        // The agent's protocol metadata is not the upstream session's.
+        p.remove("_meta");
+    }
+    match server
+        .request(ctx.session, "completion/complete", params, Some(token))
+        .await
+    {
+        Ok(mut v) => {
+            mark(&mut v, false);
+            finish(ctx, draft, Some(session), facts, None).await;
+            result(id, v)
+        }
+        Err(e) => {
+            let (code, message, data) = match e {
+                UpstreamError::Rpc {
+                    code,
+                    message,
+                    data,
+                } => (code, message, data),
+                other => (jsonrpc::INTERNAL_ERROR, other.to_string(), None),
+            };
+            finish(
+                ctx,
+                draft,
+                Some(session),
+                facts,
+                Some("upstream_error".into()),
+            )
+            .await;
+            error(id, code, message, data)
         }
     }
 }

@@ -428,6 +428,7 @@ fn capabilities(list_changed: bool) -> Value {
         "tools": {"listChanged": list_changed},
         "prompts": {"listChanged": list_changed},
         "resources": {"listChanged": list_changed},
+        "completions": {},
     })
 }
 
