@@ -225,10 +225,20 @@ fn expect(scene: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Res
 pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), DemoError> {
     let mock = std::net::TcpListener::bind("127.0.0.1:0").map_err(DemoError::Mock)?;
     let (mock_addr, mock_state) = mock_upstream::try_spawn(mock).map_err(DemoError::Mock)?;
+    // A fresh database each run: the scenes hold and approve the same email every time, and
+    // an approval once used replays its stored result rather than running again.
+    let db_dir = std::env::temp_dir().join(format!(
+        "palisade-demo-{}-{}",
+        std::process::id(),
+        crate::app::now_ms()
+    ));
+    std::fs::create_dir_all(&db_dir).map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let database = format!("sqlite://{}", db_dir.join("palisade.db").display());
     let overrides = Overrides {
         upstream_url: Some(format!("http://{mock_addr}")),
         // The example config's MCP server is the mock's MCP face.
         mcp_urls: vec![("desk".into(), format!("http://{mock_addr}/mcp"))],
+        database: Some(database.clone()),
     };
     let gw = Gateway::start(config, overrides)
         .await
@@ -238,6 +248,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         .await
         .map_err(|e| DemoError::Gateway(e.to_string()))?;
     println!("Palisade demo: gateway on http://{addr}, mock provider on http://{mock_addr}");
+    println!("database (fresh for this run): {database}");
     println!(
         "config {} · policy version {} · plugins: {}",
         config.display(),

@@ -91,6 +91,18 @@ pub fn answer(status: StatusCode, msg: &Value, sse: bool) -> Response<GatewayBod
     r
 }
 
+/// A `200` event stream fed by a task (progress, or a session's notifications); never cached.
+pub fn event_stream(body: GatewayBody) -> Response<GatewayBody> {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 /// `202 Accepted`, no body (notifications and client responses).
 pub fn accepted() -> Response<GatewayBody> {
     let mut r = Response::new(GatewayBody::full(""));

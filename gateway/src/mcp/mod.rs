@@ -591,12 +591,5 @@ async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
             }
         }
     });
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    jsonrpc::event_stream(body)
 }

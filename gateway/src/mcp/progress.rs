@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, header};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -96,13 +96,5 @@ pub async fn follow(
             }
         }
     });
-    let mut r = Response::new(body);
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Progress::Streaming(r)
+    Progress::Streaming(super::jsonrpc::event_stream(body))
 }

@@ -57,10 +57,15 @@ pub struct Overrides {
     pub upstream_url: Option<String>,
     /// Replaces the `url` of the named HTTP `[[mcp_servers]]` (the demo's in-process server).
     pub mcp_urls: Vec<(String, String)>,
+    /// Replaces `database` (the demo's fresh one).
+    pub database: Option<String>,
 }
 
 impl Overrides {
     fn apply(&self, settings: &mut Settings) {
+        if let Some(db) = &self.database {
+            settings.database.clone_from(db);
+        }
         if let Some(url) = &self.upstream_url {
             settings.upstream.base_url = url.trim_end_matches('/').to_string();
             // Without `[upstream]` the default provider is the first `[[providers]]` entry.
