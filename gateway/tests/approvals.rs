@@ -673,3 +673,82 @@ async fn cli_lists_shows_approves_and_rejects() {
     assert_eq!(r.code(), "approval_rejected");
     assert!(r.message().contains("not today"));
 }
+
+/// Approve the pending request of `r` as a fresh approver in `ops`.
+async fn approve_pending(gw: &TestGateway, id: &str, who: &str) {
+    let approver = user(gw, who, &["approver"], &["ops"]).await;
+    let (s, v) = decide(gw, &approver, id, "approve", "ok").await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("approved")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_stream_runs_once_and_is_replayed_as_the_same_stream() {
+    let gw = start(Db::Sqlite, 0.0).await;
+    let body = chat_body("gpt-4o-approved", "stream the refund note");
+    let (status, _) = gw.chat_stream(SUPPORT_KEY, &body).await;
+    assert_eq!(status, 403, "held");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let held = gw.chat(SUPPORT_KEY, &streamed).await;
+    let id = approval_id(&held);
+    approve_pending(&gw, &id, "dora").await;
+
+    let (status, first) = gw.chat_stream(SUPPORT_KEY, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(first.last().map(String::as_str), Some("[DONE]"));
+    let text = stream_text(&first);
+    assert!(!text.is_empty());
+    assert_eq!(upstream_calls(&gw), 1);
+
+    // The identical retry: the same text, streamed, without a second upstream call.
+    let (status, again) = gw.chat_stream(SUPPORT_KEY, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(stream_text(&again), text);
+    assert_eq!(again.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(upstream_calls(&gw), 1, "replayed, not run again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_through_the_anthropic_endpoint_keeps_the_anthropic_shape() {
+    let gw = start(Db::Sqlite, 0.0).await;
+    let body = json!({"model": "gpt-4o-approved", "max_tokens": 64,
+                      "messages": [{"role": "user", "content": "refund order 77"}]});
+    let send = || async {
+        let (s, _, b) = gw
+            .request_with(
+                "POST",
+                "/v1/messages",
+                Some(SUPPORT_KEY),
+                Bytes::from(body.to_string()),
+                &[("anthropic-version", "2023-06-01")],
+            )
+            .await;
+        (
+            s,
+            serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+        )
+    };
+    let (s, held) = send().await;
+    assert_eq!(s, 403, "{held}");
+    assert_eq!(held["type"], "error", "Anthropic's error shape: {held}");
+    let message = held["error"]["message"].as_str().unwrap_or_default();
+    let id = message
+        .split_whitespace()
+        .find(|w| w.starts_with("apr_"))
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '_'))
+        .unwrap_or_default()
+        .to_string();
+    assert!(id.starts_with("apr_"), "{held}");
+    approve_pending(&gw, &id, "erin").await;
+    let (s, ran) = send().await;
+    assert_eq!(s, 200, "{ran}");
+    assert_eq!(ran["type"], "message", "{ran}");
+    let (s, replayed) = send().await;
+    assert_eq!(s, 200, "{replayed}");
+    assert_eq!(
+        replayed["type"], "message",
+        "a replay in the caller's shape: {replayed}"
+    );
+    assert_eq!(replayed["content"], ran["content"]);
+    assert_eq!(upstream_calls(&gw), 1);
+}

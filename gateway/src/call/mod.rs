@@ -16,6 +16,7 @@
 
 pub mod format;
 pub mod held;
+pub mod replay;
 pub mod request;
 pub mod spend_guard;
 pub mod stream;
@@ -287,7 +288,8 @@ async fn chat_inner(
     let mut claim = None;
     let decision = match session.on_request(call).await {
         Err(CallError::ApprovalRequired { plugin, hold }) => {
-            match held::admit(gw, rt, call, &plugin, &hold).await? {
+            let replay_as = (ingress, chat.stream);
+            match held::admit(gw, rt, call, &plugin, &hold, replay_as).await? {
                 held::Held::Proceed(c) => claim = Some(c),
                 held::Held::Replay(resp) => return Ok(Reply::Done(resp, empty_usage())),
             }
@@ -385,6 +387,8 @@ async fn chat_inner(
             wants_usage: chat.wants_usage,
             request_id: request_id.clone(),
             egress: ingress.egress(),
+            // A claimed stream is kept, as the agent got it, for identical calls to replay.
+            record: claim.map(|c| (c, replay::Assembler::default())),
             price,
             guard,
             served_by: target.clone(),

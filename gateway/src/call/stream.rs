@@ -39,6 +39,18 @@ pub struct Relay {
     pub served_by: String,
     /// Writes the canonical chunks in the caller's format.
     pub egress: super::format::Egress,
+    /// An approved call's claim, and the answer as sent so far, stored when the stream ends.
+    pub record: Option<(crate::approvals::ExecutionClaim, super::replay::Assembler)>,
+}
+
+impl Relay {
+    /// A chunk's events in the caller's format, kept for the record if there is one.
+    fn emit(&mut self, chunk: &Value) -> Vec<Bytes> {
+        if let Some((_, a)) = self.record.as_mut() {
+            a.push(chunk);
+        }
+        self.egress.chunk(chunk)
+    }
 }
 
 /// Start relaying in a task; returns the body to send to the agent.
@@ -138,7 +150,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
                 break 'relay End::Failed(e);
             }
             out_chars = sending;
-            if !send_all(&tx, r.egress.chunk(&chunk)).await {
+            if !send_all(&tx, r.emit(&chunk)).await {
                 break 'relay End::ClientGone;
             }
         }
@@ -152,6 +164,10 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
             (e.status(), Some(e), true)
         }
     };
+    if let (End::Done, Some((claim, answer))) = (&end, r.record.take()) {
+        let answer = answer.completion().to_string();
+        super::held::record(&gw, claim, http::StatusCode::OK, &answer).await;
+    }
     let sync = gw.audit.settings().durability == Durability::Sync;
     if matches!(end, End::Done) && !sync {
         send_all(&tx, r.egress.done()).await;
@@ -240,7 +256,7 @@ async fn flush(
     if let Some(o) = chunk.as_object_mut() {
         o.retain(|_, v| !v.is_null());
     }
-    if send_all(tx, r.egress.chunk(&chunk)).await {
+    if send_all(tx, r.emit(&chunk)).await {
         Ok(())
     } else {
         Err(End::ClientGone)
