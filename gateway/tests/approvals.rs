@@ -752,3 +752,43 @@ async fn a_replay_through_the_anthropic_endpoint_keeps_the_anthropic_shape() {
     assert_eq!(replayed["content"], ran["content"]);
     assert_eq!(upstream_calls(&gw), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_may_release_a_claim_and_never_one_still_running() {
+    let gw = start(Db::Sqlite, 0.0).await;
+    let body = chat_body("gpt-4o-approved", "refund order 99");
+    let held = gw.chat(SUPPORT_KEY, &body).await;
+    let id = approval_id(&held);
+    approve_pending(&gw, &id, "fay").await;
+    // A gateway claims the call and is, as far as anyone knows, still running it.
+    let claim = gw.gw.store.claim_approval(&id).await.unwrap();
+    assert!(matches!(claim, palisade_store::Claim::Claimed(_)));
+    let path = format!("/admin/api/approvals/{id}/release");
+    let approver = user(&gw, "gus", &["approver"], &["ops"]).await;
+    let (s, v) = gw
+        .admin("POST", &path, &approver, json!({"reason": "crashed"}))
+        .await;
+    assert_eq!(s, 403, "admins only: {v}");
+    let (s, v) = gw
+        .admin("POST", &path, ADMIN_TOKEN, json!({"reason": " "}))
+        .await;
+    assert_eq!(s, 400, "a reason is needed: {v}");
+    let (s, v) = gw
+        .admin("POST", &path, ADMIN_TOKEN, json!({"reason": "crashed"}))
+        .await;
+    assert_eq!(s, 409, "claimed just now: still running: {v}");
+    // The agent's retry meanwhile runs nothing.
+    let retry = gw.chat(SUPPORT_KEY, &body).await;
+    assert_eq!(retry.status, 403, "{}", retry.json);
+    assert!(
+        retry.message().contains("executing it now"),
+        "{}",
+        retry.json
+    );
+    assert_eq!(upstream_calls(&gw), 0);
+    let audit = audit_text(&gw).await;
+    assert!(
+        audit.contains(&format!("approval.release_refused {id}")),
+        "{audit}"
+    );
+}

@@ -593,6 +593,39 @@ impl Store {
         }
     }
 
+    /// Give up a claim whose execution never reported back (its process died): the approval
+    /// may be claimed, so run, once more. Only a claim taken before `claimed_before` (unix ms)
+    /// is released, so a call still in flight is not. Conflict unless such a claim exists.
+    pub async fn release_approval_claim(
+        &self,
+        id: &str,
+        claimed_before: i64,
+    ) -> Result<Approval, StoreError> {
+        let released = on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE approvals SET execution = 'none', claimed_at = NULL \
+                 WHERE id = $1 AND execution = 'running' AND claimed_at < $2",
+            )
+            .bind(id)
+            .bind(claimed_before)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if released == 1 {
+            self.get_approval(id).await
+        } else {
+            // Not found is its own error; otherwise say why not.
+            self.get_approval(id).await?;
+            Err(StoreError::conflict(
+                "approval",
+                id,
+                "has no execution claim old enough to release (none running, or claimed too \
+                 recently)",
+            ))
+        }
+    }
+
     /// Expire every pending request past its deadline; returns how many.
     pub async fn expire_approvals(&self) -> Result<u64, StoreError> {
         let now = now_ms();

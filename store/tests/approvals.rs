@@ -69,6 +69,7 @@ on_both!(
     concurrent_holds_attach_to_one_record,
     distinct_votes_and_rejection,
     claim_is_exactly_once,
+    a_dead_claim_is_released_once_and_never_a_fresh_one,
     expiry_is_told_once_then_reopens,
     groups_membership,
 );
@@ -232,6 +233,50 @@ async fn claim_is_exactly_once(s: &Store) {
     assert_eq!(
         (a.execution, a.outcome.as_deref()),
         (Execution::Done, Some("sent"))
+    );
+}
+
+async fn a_dead_claim_is_released_once_and_never_a_fresh_one(s: &Store) {
+    let id = s
+        .hold_approval(&new("fp-release", 1, 60_000))
+        .await
+        .unwrap()
+        .approval
+        .id;
+    // Nothing to release before a claim.
+    assert!(s.release_approval_claim(&id, i64::MAX).await.is_err());
+    s.vote_approval(&id, "usr_1", "carol", Decision::Approve, "")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.claim_approval(&id).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    // A claim taken after the cut-off is a call still running: kept.
+    let long_ago = palisade_store::time::now_ms() - 3_600_000;
+    assert!(s.release_approval_claim(&id, long_ago).await.is_err());
+    assert!(matches!(
+        s.claim_approval(&id).await.unwrap(),
+        Claim::Taken(_)
+    ));
+    // Released (its process died): claimable once more, exactly once.
+    let a = s.release_approval_claim(&id, i64::MAX).await.unwrap();
+    assert_eq!(a.execution, Execution::None);
+    assert!(matches!(
+        s.claim_approval(&id).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert!(matches!(
+        s.claim_approval(&id).await.unwrap(),
+        Claim::Taken(_)
+    ));
+    s.record_approval_outcome(&id, "sent").await.unwrap();
+    // A done execution is never released.
+    assert!(s.release_approval_claim(&id, i64::MAX).await.is_err());
+    assert!(
+        s.release_approval_claim("apr_nope", i64::MAX)
+            .await
+            .is_err()
     );
 }
 

@@ -130,6 +130,43 @@ pub async fn decide(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) 
     }
 }
 
+/// A claim younger than this is taken to be a call still running and is not released.
+const RELEASE_AFTER_MS: i64 = 60_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    reason: String,
+}
+
+/// `POST /admin/api/approvals/{id}/release` with `{"reason": "..."}` (admin): the approved call
+/// claimed at least a minute ago never reported back (its gateway process died), so an admin
+/// lets it be claimed, and run, once more, accepting that the first run may have happened.
+pub async fn release(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
+    let user = auth::require(gw, parts, auth::ADMIN).await?;
+    let b: ReleaseBody = read_json(body).await?;
+    if b.reason.trim().is_empty() {
+        return Err(CallError::bad_request(
+            "invalid_request",
+            "a release needs a reason: it may run the call a second time",
+        ));
+    }
+    let before = crate::app::now_ms() - RELEASE_AFTER_MS;
+    match gw.store.release_approval_claim(id, before).await {
+        Ok(a) => {
+            gw.audit_admin(&user.name, "approval.release", id, 200)
+                .await;
+            ok_json(StatusCode::OK, &view(&a, false))
+        }
+        Err(e) => {
+            let e = store_error(e);
+            gw.audit_admin(&user.name, "approval.release_refused", id, e.status())
+                .await;
+            Err(e)
+        }
+    }
+}
+
 /// `GET /admin/api/users/{id}/groups`.
 pub async fn groups(gw: &Arc<Gateway>, parts: &Parts, user_id: &str) -> Reply {
     auth::require(gw, parts, VIEW).await?;

@@ -12,6 +12,7 @@
 //! | `GET`/`POST /admin/api/users`, `POST /admin/api/users/{id}/tokens` | admin |
 //! | `GET /admin/api/approvals[?status=pending]`, `GET /admin/api/approvals/{id}` | admin, approver, auditor |
 //! | `POST /admin/api/approvals/{id}/decisions` | admin, approver (group members, not the agent's owner) |
+//! | `POST /admin/api/approvals/{id}/release` (a claim a dead process left running) | admin |
 //! | `GET /admin/api/users/{id}/groups` / `PUT` | any / admin |
 
 mod agents;
@@ -122,6 +123,9 @@ pub async fn route(
         (&Method::PUT, ["users", id, "groups"]) => approvals::set_groups(gw, parts, id, body).await,
         (&Method::GET, ["approvals"]) => approvals::list(gw, parts).await,
         (&Method::GET, ["approvals", id]) => approvals::show(gw, parts, id).await,
+        (&Method::POST, ["approvals", id, "release"]) => {
+            approvals::release(gw, parts, id, body).await
+        }
         (&Method::POST, ["approvals", id, "decisions"]) => {
             approvals::decide(gw, parts, id, body).await
         }

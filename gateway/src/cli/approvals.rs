@@ -1,4 +1,4 @@
-//! `palisade approvals list|show|approve|reject` and `palisade approvals groups`: deciding
+//! `palisade approvals list|show|approve|reject|release` and `palisade approvals groups`: deciding
 //! held calls from a terminal, through the admin API.
 
 use clap::Subcommand;
@@ -27,6 +27,13 @@ pub enum ApprovalsCommand {
     },
     /// Reject a request; final, and the agent is told the reason.
     Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release an approved call's execution claim that a dead gateway process left running
+    /// (claimed over a minute ago), so it can run once more (admin only).
+    Release {
         id: String,
         #[arg(long)]
         reason: String,
@@ -121,6 +128,17 @@ pub async fn run(args: &ApiArgs, cmd: ApprovalsCommand) -> Result<(), CliError> 
                 .json(
                     "POST",
                     &format!("/admin/api/approvals/{}/decisions", enc(&id)),
+                    Some(&body),
+                )
+                .await?;
+            println!("{}", line(&v));
+        }
+        ApprovalsCommand::Release { id, reason } => {
+            let body = json!({ "reason": reason });
+            let v = api
+                .json(
+                    "POST",
+                    &format!("/admin/api/approvals/{}/release", enc(&id)),
                     Some(&body),
                 )
                 .await?;
