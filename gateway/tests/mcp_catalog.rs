@@ -31,6 +31,7 @@ one_of = ["friendly", "formal"]
 [[plugins.config.rules]]
 agents = ["research-bot"]
 allow = ["desk__*", "prompt:desk__*", "resource:desk+*"]
+deny = ["resource:desk+desk://tickets/{id}"]
 "#;
 
 /// The mock's desk over HTTP, lists cached for ten minutes: only a notification refreshes them.
@@ -254,6 +255,43 @@ async fn prompts_and_resources_are_listed_and_used_as_the_policy_allows() {
         policy["result"]["contents"][0]["text"], "Refunds are granted within 30 days of delivery.",
         "{policy}"
     );
+    // The URI in the answer is the one to ask for again.
+    assert_eq!(
+        policy["result"]["contents"][0]["uri"],
+        "desk+desk://policies/refunds"
+    );
+    // A glob cannot be climbed out of: `desk://tickets/*` does not reach the salary sheet.
+    for sneaky in [
+        "desk+desk://tickets/../hr/salaries",
+        "desk+desk://tickets/%2E%2E/hr/salaries",
+    ] {
+        let r = rpc(&gw, SUPPORT_KEY, &support, "resources/read", read(sneaky)).await;
+        assert_eq!(r["error"]["code"], -32002, "{sneaky}: {r}");
+        assert!(!r.to_string().contains("Marcus"), "{r}");
+    }
+    // research-bot may read `desk+*` but is denied the ticket template: it is neither listed
+    // nor readable through it (list/read parity for templates).
+    let t = rpc(
+        &gw,
+        RESEARCH_KEY,
+        &research,
+        "resources/templates/list",
+        json!({}),
+    )
+    .await;
+    assert!(
+        names(&t, "resourceTemplates", "uriTemplate").is_empty(),
+        "{t}"
+    );
+    let through = rpc(
+        &gw,
+        RESEARCH_KEY,
+        &research,
+        "resources/read",
+        read("desk+desk://tickets/42"),
+    )
+    .await;
+    assert_eq!(through["error"]["code"], -32002, "{through}");
     let ticket = rpc(
         &gw,
         SUPPORT_KEY,
@@ -396,6 +434,17 @@ async fn a_servers_list_change_refreshes_the_catalog_and_reaches_the_agent() {
         names(&before, "tools", "name"),
         ["desk__crm_query", "desk__enable_refunds"]
     );
+    // Listed from the cache: the server is asked once.
+    let fetches = |gw: &TestGateway| {
+        gw.mock
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/mcp" && r.body.contains("\"tools/list\""))
+            .count()
+    };
+    let again = rpc(&gw, SUPPORT_KEY, &sid, "tools/list", json!({})).await;
+    assert_eq!(again["result"], before["result"]);
+    assert_eq!(fetches(&gw), 1, "the second listing came from the cache");
     // The desk adds `issue_refund` and says so in the event stream of its answer.
     let on = rpc(
         &gw,
@@ -416,6 +465,7 @@ async fn a_servers_list_change_refreshes_the_catalog_and_reaches_the_agent() {
         ],
         "the catalog (cached for ten minutes) was refetched on the server's notification"
     );
+    assert_eq!(fetches(&gw), 2);
     let note = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.recv().await {

@@ -568,16 +568,24 @@ impl Store {
         })
     }
 
-    /// Store what a claimed execution returned. Conflict unless it is running.
-    pub async fn record_approval_outcome(&self, id: &str, outcome: &str) -> Result<(), StoreError> {
+    /// Store what a claimed execution returned. Conflict unless it is running under the claim
+    /// taken at `claimed_at` (`None`: any claim), so a run whose claim was released cannot
+    /// overwrite the outcome of the run that claimed it next.
+    pub async fn record_approval_outcome(
+        &self,
+        id: &str,
+        claimed_at: Option<i64>,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
         let done = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE approvals SET execution = 'done', executed_at = $1, outcome = $2 \
-                 WHERE id = $3 AND execution = 'running'",
+                 WHERE id = $3 AND execution = 'running' AND ($4 IS NULL OR claimed_at = $4)",
             )
             .bind(now_ms())
             .bind(outcome)
             .bind(id)
+            .bind(claimed_at)
             .execute(pool)
             .await?
             .rows_affected()

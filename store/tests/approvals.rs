@@ -225,8 +225,8 @@ async fn claim_is_exactly_once(s: &Store) {
         }
     }
     assert_eq!(claimed, 1);
-    s.record_approval_outcome(&id, "sent").await.unwrap();
-    assert!(s.record_approval_outcome(&id, "again").await.is_err());
+    s.record_approval_outcome(&id, None, "sent").await.unwrap();
+    assert!(s.record_approval_outcome(&id, None, "again").await.is_err());
     let Claim::Taken(a) = s.claim_approval(&id).await.unwrap() else {
         panic!("a done execution is taken");
     };
@@ -248,10 +248,9 @@ async fn a_dead_claim_is_released_once_and_never_a_fresh_one(s: &Store) {
     s.vote_approval(&id, "usr_1", "carol", Decision::Approve, "")
         .await
         .unwrap();
-    assert!(matches!(
-        s.claim_approval(&id).await.unwrap(),
-        Claim::Claimed(_)
-    ));
+    let Claim::Claimed(first) = s.claim_approval(&id).await.unwrap() else {
+        panic!("claimed");
+    };
     // A claim taken after the cut-off is a call still running: kept.
     let long_ago = palisade_store::time::now_ms() - 3_600_000;
     assert!(s.release_approval_claim(&id, long_ago).await.is_err());
@@ -262,15 +261,24 @@ async fn a_dead_claim_is_released_once_and_never_a_fresh_one(s: &Store) {
     // Released (its process died): claimable once more, exactly once.
     let a = s.release_approval_claim(&id, i64::MAX).await.unwrap();
     assert_eq!(a.execution, Execution::None);
-    assert!(matches!(
-        s.claim_approval(&id).await.unwrap(),
-        Claim::Claimed(_)
-    ));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let Claim::Claimed(second) = s.claim_approval(&id).await.unwrap() else {
+        panic!("claimable once more");
+    };
     assert!(matches!(
         s.claim_approval(&id).await.unwrap(),
         Claim::Taken(_)
     ));
-    s.record_approval_outcome(&id, "sent").await.unwrap();
+    // The released run, should it come back, cannot record over the new one's claim.
+    assert_ne!(first.claimed_at, second.claimed_at);
+    assert!(
+        s.record_approval_outcome(&id, first.claimed_at, "late")
+            .await
+            .is_err()
+    );
+    s.record_approval_outcome(&id, second.claimed_at, "sent")
+        .await
+        .unwrap();
     // A done execution is never released.
     assert!(s.release_approval_claim(&id, i64::MAX).await.is_err());
     assert!(

@@ -176,8 +176,34 @@ fn resources() -> Value {
     ])
 }
 
+/// Like a naive file server, the desk resolves `.`/`..` segments (also percent-encoded), so
+/// a gateway must not let a URI climb out of what its policy allows.
+fn normalize(uri: &str) -> String {
+    let decoded = uri
+        .replace("%2E", ".")
+        .replace("%2e", ".")
+        .replace("%2F", "/")
+        .replace("%2f", "/");
+    let Some(path) = decoded.strip_prefix("desk://") else {
+        return decoded;
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("desk://{}", parts.join("/"))
+}
+
 fn read(params: &Value) -> Option<Value> {
-    let uri = params.get("uri").and_then(Value::as_str)?;
+    let asked = params.get("uri").and_then(Value::as_str)?;
+    let normalized = normalize(asked);
+    let uri = normalized.as_str();
     let text = match uri {
         "desk://policies/refunds" => "Refunds are granted within 30 days of delivery.".to_string(),
         "desk://hr/salaries" => "employee,salary\nMarcus Webb,123456\nAda Byron,118000".to_string(),

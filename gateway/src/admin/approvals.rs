@@ -130,8 +130,8 @@ pub async fn decide(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) 
     }
 }
 
-/// A claim younger than this is taken to be a call still running and is not released.
-const RELEASE_AFTER_MS: i64 = 60_000;
+/// A claim younger than this is taken to be a call still running (a long stream) and is kept.
+const RELEASE_AFTER_MS: i64 = 10 * 60_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +140,7 @@ struct ReleaseBody {
 }
 
 /// `POST /admin/api/approvals/{id}/release` with `{"reason": "..."}` (admin): the approved call
-/// claimed at least a minute ago never reported back (its gateway process died), so an admin
+/// claimed at least ten minutes ago never reported back (its gateway process died), so an admin
 /// lets it be claimed, and run, once more, accepting that the first run may have happened.
 pub async fn release(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
     let user = auth::require(gw, parts, auth::ADMIN).await?;

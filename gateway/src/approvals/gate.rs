@@ -135,6 +135,9 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct ExecutionClaim {
     pub status: Status,
+    /// When this claim was taken: an outcome is recorded only against this claim, so a run
+    /// whose claim an admin released cannot overwrite the next run's.
+    claimed_at: Option<i64>,
     store: Option<Store>,
     decided: Arc<Notify>,
 }
@@ -151,6 +154,7 @@ impl Drop for ExecutionClaim {
             return;
         };
         let id = self.status.id.clone();
+        let claimed_at = self.claimed_at;
         let decided = self.decided.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -159,7 +163,10 @@ impl Drop for ExecutionClaim {
                     "body": "the approved call was started but its outcome was not kept",
                 })
                 .to_string();
-                if let Err(e) = store.record_approval_outcome(&id, &outcome).await {
+                if let Err(e) = store
+                    .record_approval_outcome(&id, claimed_at, &outcome)
+                    .await
+                {
                     tracing::error!(approval = %id, "cannot close an abandoned execution: {e}");
                 }
                 decided.notify_waiters();
@@ -277,6 +284,7 @@ impl Gate {
                         Claim::Claimed(a) => {
                             return Ok(Admission::Proceed(ExecutionClaim {
                                 status: Status::of(&a),
+                                claimed_at: a.claimed_at,
                                 store: Some(self.store.clone()),
                                 decided: self.decided.clone(),
                             }));
@@ -314,7 +322,7 @@ impl Gate {
         claim.store = None;
         let done = self
             .store
-            .record_approval_outcome(&claim.status.id, outcome)
+            .record_approval_outcome(&claim.status.id, claim.claimed_at, outcome)
             .await
             .map_err(store_error);
         self.decided.notify_waiters();

@@ -5,6 +5,9 @@
 
 use serde_json::{Map, Value, json};
 
+/// Most tool calls kept from one streamed answer (a provider's index is not trusted further).
+const MAX_TOOL_CALLS: usize = 128;
+
 /// Builds a `chat.completion` from the canonical chunks of a stream.
 #[derive(Default)]
 pub struct Assembler {
@@ -52,6 +55,9 @@ impl Assembler {
             .flatten()
         {
             let index = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if index >= MAX_TOOL_CALLS {
+                continue;
+            }
             while self.tool_calls.len() <= index {
                 self.tool_calls.push(json!({"type": "function",
                     "function": {"name": "", "arguments": ""}}));

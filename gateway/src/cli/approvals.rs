@@ -32,7 +32,7 @@ pub enum ApprovalsCommand {
         reason: String,
     },
     /// Release an approved call's execution claim that a dead gateway process left running
-    /// (claimed over a minute ago), so it can run once more (admin only).
+    /// (claimed over ten minutes ago), so it can run once more (admin only).
     Release {
         id: String,
         #[arg(long)]

@@ -631,11 +631,11 @@ async fn use_item(
             .await
             .map(|e| (e.server, e.original)),
     };
-    let Some((server_index, mut original)) = resolved else {
+    let Some((server_index, original)) = resolved else {
         finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
         return item.unknown(id, name, ctx.modern);
     };
-    let mut server = ctx.hub.servers[server_index].clone();
+    let server = ctx.hub.servers[server_index].clone();
     facts.server = Some(server.name().to_string());
     facts.item = Some((item, original.clone()));
     call.target = Item::policy_name(item.listing(), name);
@@ -685,20 +685,8 @@ async fn use_item(
         Ok(d) if d.rewritten => {
             let rewritten = serde_json::from_str::<Value>(&call.body).ok();
             let usable = match (item, rewritten) {
-                (Item::Resource, Some(v)) => {
-                    // A rewritten URI is routed again.
-                    match v.get("uri").and_then(Value::as_str) {
-                        Some(uri) => match ctx.hub.resolve_resource(uri).await {
-                            Some((i, o)) => {
-                                server = ctx.hub.servers[i].clone();
-                                original = o;
-                                Some(v)
-                            }
-                            None => None,
-                        },
-                        None => None,
-                    }
-                }
+                // The plugins decided on this URI: another one would go unjudged.
+                (Item::Resource, _) => None,
                 (_, Some(v @ Value::Object(_))) => Some(v),
                 _ => None,
             };
@@ -753,6 +741,29 @@ async fn use_item(
         }
     };
 
+    // A read under a listed template must also pass the template's own decision, so a
+    // template hidden from the agent cannot be read through.
+    if item == Item::Resource
+        && let Some(t) = ctx.hub.template_for(server_index, &original).await
+    {
+        let mut as_listing = call.clone();
+        as_listing.kind = CallKind::ToolList;
+        let shown = Tool {
+            name: Item::policy_name(Listing::Templates, t.exposed(Listing::Templates)),
+            description: String::new(),
+        };
+        let visible = session
+            .filter_tools(&as_listing, vec![shown])
+            .await
+            .is_ok_and(|kept| !kept.is_empty());
+        if !visible {
+            let code = "unknown_tool".to_string();
+            complete(&mut session, &call, Some(code.clone())).await;
+            finish(ctx, draft, Some(session), facts, Some(code)).await;
+            return item.unknown(id, name, ctx.modern);
+        }
+    }
+
     // Upstream.
     let upstream_params = match item {
         Item::Resource => json!({ "uri": original }),
@@ -797,6 +808,9 @@ async fn use_item(
                     facts.is_error =
                         Some(v.get("isError").and_then(Value::as_bool).unwrap_or(false));
                 }
+                if ctx.hub.settings.prefixed() {
+                    expose_uris(&mut v, item, ctx.hub, server_index);
+                }
                 if let Some(c) = claim.take() {
                     let approval = c.status.to_json();
                     record(ctx, c, &v).await;
@@ -838,6 +852,57 @@ async fn use_item(
             complete(&mut session, &call, Some(code.clone())).await;
             finish(ctx, draft, Some(session), facts, Some(code)).await;
             r
+        }
+    }
+}
+
+/// Resource URIs in a result as the agent must ask for them (`server+uri`): a read's contents,
+/// and resource links and embedded resources in tool results and prompt messages.
+fn expose_uris(v: &mut Value, item: Item, hub: &Hub, server: usize) {
+    let fix = |u: Option<&mut Value>| {
+        if let Some(u) = u
+            && let Some(s) = u.as_str()
+        {
+            *u = json!(hub.exposed_uri(server, s));
+        }
+    };
+    let fix_block = |c: &mut Value| match c.get("type").and_then(Value::as_str) {
+        Some("resource_link") => fix(c.get_mut("uri")),
+        Some("resource") => fix(c.get_mut("resource").and_then(|r| r.get_mut("uri"))),
+        _ => {}
+    };
+    match item {
+        Item::Resource => {
+            for c in v
+                .get_mut("contents")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                fix(c.get_mut("uri"));
+            }
+        }
+        Item::Tool => {
+            for c in v
+                .get_mut("content")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                fix_block(c);
+            }
+        }
+        Item::Prompt => {
+            for m in v
+                .get_mut("messages")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(c) = m.get_mut("content") {
+                    fix_block(c);
+                }
+            }
         }
     }
 }

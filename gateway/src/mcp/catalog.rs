@@ -54,8 +54,14 @@ impl Entry {
 struct Cached {
     generation: u64,
     fetched: Instant,
+    /// The catalog TTL, or [`INCOMPLETE_TTL`] when a server failed to answer.
+    ttl: Duration,
     entries: Arc<Vec<Entry>>,
 }
+
+/// A list missing a failed server's part is kept this long, so one server that is down does
+/// not make every request wait for it, and its items come back soon after it does.
+const INCOMPLETE_TTL: Duration = Duration::from_secs(5);
 
 /// The servers of one config, and what they offer.
 pub struct Hub {
@@ -105,19 +111,24 @@ impl Hub {
         let max_age = max_age.map_or(ttl, |m| m.min(ttl));
         if let Some(c) = self.lock().get(&l)
             && c.generation == generation
-            && c.fetched.elapsed() < max_age
+            && c.fetched.elapsed() < max_age.min(c.ttl)
         {
             return c.entries.clone();
         }
         let (entries, complete) = self.fetch(l).await;
         let entries = Arc::new(entries);
-        if complete && !ttl.is_zero() {
+        if !ttl.is_zero() {
             // The generation read before fetching: a change announced meanwhile refetches.
             self.lock().insert(
                 l,
                 Cached {
                     generation,
                     fetched: Instant::now(),
+                    ttl: if complete {
+                        ttl
+                    } else {
+                        ttl.min(INCOMPLETE_TTL)
+                    },
                     entries: entries.clone(),
                 },
             );
@@ -129,13 +140,15 @@ impl Hub {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every server's listing, all pages; `false` if a server failed (it is left out, and
-    /// logged, so one broken server does not hide the others; the result is not cached).
+    /// Every server's listing, all pages, the servers asked at once; `false` if a server
+    /// failed (it is left out, and logged, so one broken server does not hide the others).
     async fn fetch(&self, l: Listing) -> (Vec<Entry>, bool) {
         let mut all: Vec<Entry> = Vec::new();
         let mut complete = true;
-        for (i, server) in self.servers.iter().enumerate() {
-            match list_server(server, l).await {
+        let answers =
+            futures_util::future::join_all(self.servers.iter().map(|s| list_server(s, l))).await;
+        for (i, (server, answer)) in self.servers.iter().zip(answers).enumerate() {
+            match answer {
                 Ok(items) => {
                     for mut t in items {
                         let Some(name) = t
@@ -185,7 +198,12 @@ impl Hub {
     /// The server and original URI behind an exposed resource URI. Prefixed URIs name their
     /// server; bare ones are looked up among the listed resources, then matched against the
     /// listed templates' fixed beginnings.
+    /// URIs with dot segments or encoded separators are unknown: a policy glob such as
+    /// `resource:fs+file:///srv/docs/*` must not be climbed out of.
     pub async fn resolve_resource(&self, uri: &str) -> Option<(usize, String)> {
+        if !plain_uri(uri) {
+            return None;
+        }
         if self.settings.prefixed() {
             let (server, rest) = uri.split_once(URI_SEPARATOR)?;
             let i = self.servers.iter().position(|s| s.name() == server)?;
@@ -204,12 +222,50 @@ impl Hub {
             .map(|t| (t.server, uri.to_string()))
     }
 
+    /// The listed template a read of `original` on `server` falls under, unless the URI is a
+    /// listed resource itself: its read must pass the template's decision too (list parity).
+    pub async fn template_for(&self, server: usize, original: &str) -> Option<Entry> {
+        let listed = self.list(Listing::Resources).await;
+        if listed
+            .iter()
+            .any(|e| e.server == server && e.original == original)
+        {
+            return None;
+        }
+        self.list(Listing::Templates)
+            .await
+            .iter()
+            .find(|t| {
+                let fixed = t.original.split('{').next().unwrap_or_default();
+                t.server == server && !fixed.is_empty() && original.starts_with(fixed)
+            })
+            .cloned()
+    }
+
+    /// A server's URI as agents see it (`server+uri` when prefixed).
+    pub fn exposed_uri(&self, server: usize, uri: &str) -> String {
+        match self.servers.get(server) {
+            Some(s) => self.exposed(Listing::Resources, s.name(), uri),
+            None => uri.to_string(),
+        }
+    }
+
     /// End what the servers hold for an agent session.
     pub async fn end_session(&self, session: &str) {
         for s in &self.servers {
             s.end_session(session).await;
         }
     }
+}
+
+/// No dot segments, no encoded dots, slashes or backslashes.
+fn plain_uri(uri: &str) -> bool {
+    let lower = uri.to_ascii_lowercase();
+    let encoded = ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e));
+    let dots = uri
+        .split(['/', '\\', '?', '#'])
+        .any(|segment| segment == ".." || segment == ".");
+    !encoded && !dots && !uri.contains('\\')
 }
 
 async fn list_server(server: &Server, l: Listing) -> Result<Vec<Value>, UpstreamError> {
@@ -264,5 +320,26 @@ impl Hubs {
         let fresh = Arc::new(Hub::new(settings.clone()));
         self.current.store(fresh.clone());
         fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_uri;
+
+    #[test]
+    fn uris_that_could_climb_out_of_a_glob_are_not_plain() {
+        assert!(plain_uri("fs+file:///srv/docs/a.txt"));
+        assert!(plain_uri("desk+desk://tickets/42?x=1"));
+        for bad in [
+            "fs+file:///srv/docs/../../etc/passwd",
+            "fs+file:///srv/docs/./a",
+            "fs+file:///srv/docs/%2E%2E/etc",
+            "fs+file:///srv/docs/..%2fetc",
+            "fs+file:///srv/docs\\..\\etc",
+            "fs+file:///srv/docs/..",
+        ] {
+            assert!(!plain_uri(bad), "{bad}");
+        }
     }
 }

@@ -128,6 +128,13 @@ impl Changes {
         let _ = self.tx.send(l.notification());
     }
 
+    /// Every list may be out of date, with nothing to tell the agents: refetch at next use.
+    pub fn mark_stale(&self) {
+        for slot in &self.generation {
+            slot.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Everything may have changed.
     pub fn all_changed(&self) {
         for l in Listing::ANNOUNCED {

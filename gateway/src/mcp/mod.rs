@@ -579,6 +579,12 @@ async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
                         if idle < KEEPALIVE_TICKS {
                             continue;
                         }
+                        // The session may have ended on another replica, or expired.
+                        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+                        let ended = gw.store.mcp_session_ended(&session.nonce).await;
+                        if matches!(ended, Ok(true)) || session.iat + session::MAX_AGE_SECS <= now {
+                            return;
+                        }
                         vec![bytes::Bytes::from_static(b": keepalive\n\n")]
                     }
                 }

@@ -150,6 +150,9 @@ struct UpstreamSession {
 /// agents never end do not pile up here or on the server; the agent's next request opens a new
 /// one. Palisade's own catalog session stays.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// Reopening a closed upstream event stream: first wait, doubling up to the most.
+const LISTEN_BACKOFF_START: Duration = Duration::from_millis(500);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often idle sessions are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -433,38 +436,57 @@ impl HttpServer {
         let Some(id) = session.id.clone() else {
             return;
         };
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(&self.url)
-            .header(header::ACCEPT, "text/event-stream")
-            .header("mcp-session-id", id.as_str())
-            .header("mcp-protocol-version", session.version.as_str());
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let Ok(req) = req.body(Full::new(Bytes::new())) else {
-            return;
+        let build = {
+            let (url, headers, version) = (
+                self.url.clone(),
+                self.headers.clone(),
+                session.version.clone(),
+            );
+            move || {
+                let mut req = Request::builder()
+                    .method(Method::GET)
+                    .uri(&url)
+                    .header(header::ACCEPT, "text/event-stream")
+                    .header("mcp-session-id", id.as_str())
+                    .header("mcp-protocol-version", version.as_str());
+                for (k, v) in &headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                req.body(Full::new(Bytes::new())).ok()
+            }
         };
         let (client, changes, name) =
             (self.client.clone(), self.changes.clone(), self.name.clone());
         let task = tokio::spawn(async move {
-            match client.request(req).await {
-                Ok(resp) if resp.status().is_success() => {
-                    let mut body = resp.into_body();
-                    let mut events = SseLines::default();
-                    while let Some(Ok(frame)) = body.frame().await {
-                        if let Ok(data) = frame.into_data() {
-                            for v in events.push(&data) {
-                                changes.notice(&v);
+            let mut backoff = LISTEN_BACKOFF_START;
+            while let Some(req) = build() {
+                match client.request(req).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let mut body = resp.into_body();
+                        let mut events = SseLines::default();
+                        while let Some(Ok(frame)) = body.frame().await {
+                            if let Ok(data) = frame.into_data() {
+                                for v in events.push(&data) {
+                                    changes.notice(&v);
+                                }
                             }
+                            backoff = LISTEN_BACKOFF_START;
                         }
+                        tracing::debug!(server = %name, "upstream event stream ended; reopening");
                     }
-                    tracing::debug!(server = %name, "upstream event stream ended");
+                    Ok(resp) => {
+                        // No stream offered (405), or the session is gone (404: the next
+                        // listing reopens it, with a new listener): the TTL covers the rest.
+                        tracing::debug!(server = %name, status = %resp.status(), "no upstream event stream");
+                        changes.mark_stale();
+                        return;
+                    }
+                    Err(e) => tracing::debug!(server = %name, "upstream event stream failed: {e}"),
                 }
-                Ok(resp) => {
-                    tracing::debug!(server = %name, status = %resp.status(), "no upstream event stream")
-                }
-                Err(e) => tracing::debug!(server = %name, "upstream event stream failed: {e}"),
+                // What was announced while the stream was down is unknown.
+                changes.mark_stale();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
             }
         });
         if let Some(old) = self
@@ -506,8 +528,14 @@ impl HttpServer {
             if let Ok(req) = req.body(Full::new(Bytes::new())) {
                 let (client, name) = (self.client.clone(), self.name.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = client.request(req).await {
-                        tracing::debug!(server = %name, "idle upstream session not deleted: {e}");
+                    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(server = %name, "idle upstream session not deleted: {e}")
+                        }
+                        Err(_) => {
+                            tracing::debug!(server = %name, "idle upstream session: no answer to DELETE")
+                        }
                     }
                 });
             }
