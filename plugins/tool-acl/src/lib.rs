@@ -23,6 +23,9 @@
 //!
 //! Prompts and resources follow the same rules as tools under those names (a prompt's
 //! arguments can be constrained like a tool's; a resource read's arguments are `{"uri": ...}`).
+//! A pattern matches only names of its own kind: `*` or `desk__*` never grant (or deny) a
+//! prompt or resource, `prompt:*` and `resource:*` do, so rules written for tools do not open
+//! prompts and resources when a server starts offering them.
 //!
 //! One decision function ([`Acl::decide`]) serves both hooks, so list and call agree: a tool is
 //! visible exactly when its name is allowed (some rule that applies to the agent allows it and
@@ -118,6 +121,22 @@ pub enum Decision {
 /// The parsed rules.
 pub struct Acl {
     rules: Vec<Rule>,
+}
+
+/// The kind prefix of a policy name: `prompt:`, `resource:`, or none for a tool.
+fn kind_of(name: &str) -> &'static str {
+    if name.starts_with("prompt:") {
+        "prompt:"
+    } else if name.starts_with("resource:") {
+        "resource:"
+    } else {
+        ""
+    }
+}
+
+/// A rule's pattern against a policy name: same kind, and the glob matches.
+fn matches(pattern: &str, name: &str) -> bool {
+    kind_of(pattern) == kind_of(name) && glob(pattern, name)
 }
 
 /// `*` matches any run of characters; everything else matches itself.
@@ -334,10 +353,10 @@ impl Acl {
         let applicable: Vec<&Rule> = self.rules.iter().filter(|r| r.applies_to(agent)).collect();
         let allowed = applicable
             .iter()
-            .any(|r| r.allow.iter().any(|p| glob(p, tool)));
+            .any(|r| r.allow.iter().any(|p| matches(p, tool)));
         let denied = applicable
             .iter()
-            .any(|r| r.deny.iter().any(|p| glob(p, tool)));
+            .any(|r| r.deny.iter().any(|p| matches(p, tool)));
         if !allowed || denied {
             return Decision::Hidden;
         }
@@ -345,7 +364,7 @@ impl Acl {
             return Decision::Allow;
         };
         for c in applicable.iter().flat_map(|r| &r.args) {
-            if glob(&c.tool, tool)
+            if matches(&c.tool, tool)
                 && let Some(why) = c.check(tool, args)
             {
                 return Decision::BadArguments(why);
@@ -450,6 +469,28 @@ mod tests {
             Verdict::Deny(d) => Some((d.code.clone(), d.message.clone())),
             _ => None,
         }
+    }
+
+    #[test]
+    fn patterns_grant_only_names_of_their_own_kind() {
+        let acl = Acl::from_config(json!({"rules": [
+            {"allow": ["*", "prompt:crm__reply*"], "deny": ["crm__hr_*"]},
+        ]}))
+        .unwrap();
+        let agent = Agent {
+            id: "a".into(),
+            name: "a".into(),
+            owner: "o".into(),
+            team: "t".into(),
+            labels: Vec::new(),
+        };
+        let d = |n: &str| acl.decide(&agent, n, None);
+        assert_eq!(d("crm__query"), Decision::Allow);
+        assert_eq!(d("crm__hr_salary"), Decision::Hidden);
+        // `*` was written for tools: it opens no prompt or resource.
+        assert_eq!(d("prompt:crm__salary_letter"), Decision::Hidden);
+        assert_eq!(d("resource:crm+desk://hr/salaries"), Decision::Hidden);
+        assert_eq!(d("prompt:crm__reply_template"), Decision::Allow);
     }
 
     #[test]
