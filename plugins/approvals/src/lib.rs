@@ -38,6 +38,7 @@
 //! field fails the condition (so `amount > 0` holds nothing that has no amount).
 
 use palisade_plugin_sdk::Hold;
+use palisade_plugin_sdk::glob;
 use palisade_plugin_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -104,31 +105,6 @@ struct Rule {
 /// The plugin: its parsed rules.
 pub struct Approvals {
     rules: Vec<Rule>,
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(mut tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            if rest.is_empty() {
-                return true;
-            }
-            loop {
-                if glob(rest, tail) {
-                    return true;
-                }
-                let mut chars = tail.chars();
-                if chars.next().is_none() {
-                    return false;
-                }
-                tail = chars.as_str();
-            }
-        }
-    }
 }
 
 fn parse_condition(text: &str) -> Result<Condition, String> {

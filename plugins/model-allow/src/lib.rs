@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use palisade_plugin_sdk::glob;
 use palisade_plugin_sdk::prelude::*;
 use serde::Deserialize;
 
@@ -32,31 +33,6 @@ struct Rules {
 /// The plugin: its parsed rules.
 pub struct ModelAllow {
     rules: Rules,
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(mut tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            if rest.is_empty() {
-                return true;
-            }
-            loop {
-                if glob(rest, tail) {
-                    return true;
-                }
-                let mut chars = tail.chars();
-                if chars.next().is_none() {
-                    return false;
-                }
-                tail = chars.as_str();
-            }
-        }
-    }
 }
 
 impl ModelAllow {

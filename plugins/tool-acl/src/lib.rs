@@ -37,6 +37,7 @@
 
 use std::collections::BTreeMap;
 
+use palisade_plugin_sdk::glob;
 use palisade_plugin_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -137,31 +138,6 @@ fn kind_of(name: &str) -> &'static str {
 /// A rule's pattern against a policy name: same kind, and the glob matches.
 fn matches(pattern: &str, name: &str) -> bool {
     kind_of(pattern) == kind_of(name) && glob(pattern, name)
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(mut tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            if rest.is_empty() {
-                return true;
-            }
-            loop {
-                if glob(rest, tail) {
-                    return true;
-                }
-                let mut chars = tail.chars();
-                if chars.next().is_none() {
-                    return false;
-                }
-                tail = chars.as_str();
-            }
-        }
-    }
 }
 
 /// Parse `$.a.b[0].c`, `a.b.0.c` or `$` (the whole arguments object).
