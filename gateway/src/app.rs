@@ -54,6 +54,8 @@ pub struct Gateway {
     pub mcp: crate::mcp::Hubs,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
+    /// Calls and streams in flight, and the graceful shutdown's stages.
+    pub drain: crate::drain::Drain,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -116,6 +118,7 @@ impl Gateway {
             audit,
             services,
             chain_fallback: crate::chain::random_key(),
+            drain: crate::drain::Drain::default(),
         });
         tokio::spawn(follow_reloads(Arc::downgrade(&gw)));
         Ok(gw)
@@ -146,6 +149,39 @@ impl Gateway {
         keys
     }
 
+    /// Shut down gracefully: stop taking calls (`/health` answers 503), let those running
+    /// finish for up to `[server] drain_secs`, cut the rest (streams end with a
+    /// `gateway_draining` error event), then commit every audit event and close the store.
+    /// Returns true if every call ended within the drain time.
+    pub async fn shutdown(&self) -> bool {
+        let limit = self.policy.current().settings.drain;
+        self.drain.start_draining();
+        tracing::info!(
+            running = self.drain.running(),
+            "draining: waiting up to {} s for calls in flight",
+            limit.as_secs_f64()
+        );
+        let clean = self.drain.wait_idle(limit).await;
+        if !clean {
+            tracing::warn!(
+                running = self.drain.running(),
+                "drain time over: cutting the calls still running"
+            );
+            self.drain.cut();
+            if !self.drain.wait_idle(CUT_GRACE).await {
+                tracing::error!(
+                    running = self.drain.running(),
+                    "calls still running after the cut; their audit events may be lost"
+                );
+            }
+        }
+        if let Err(e) = self.audit.flush().await {
+            tracing::error!("audit queue not flushed at shutdown: {e}");
+        }
+        self.store.close().await;
+        clean
+    }
+
     /// Record an admin action (who did what to which resource).
     pub async fn audit_admin(&self, actor: &str, action: &str, target: &str, status: u16) {
         let rt = self.policy.current();
@@ -165,6 +201,9 @@ impl Gateway {
         }
     }
 }
+
+/// How long cut calls get to finish (settle, audit) after a drain ran out.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often reservations left by a dead replica are looked for.
 const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);

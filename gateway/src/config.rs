@@ -124,6 +124,8 @@ pub struct ChainSettings {
 pub struct RawServer {
     pub listen: Option<SocketAddr>,
     pub max_body_bytes: Option<usize>,
+    /// On SIGTERM/SIGINT, how long calls in flight may run on before they are cut (default 20).
+    pub drain_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -282,6 +284,8 @@ pub struct Settings {
     pub admin_bootstrap_env: String,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// `[server] drain_secs`: a graceful shutdown's wait for calls in flight.
+    pub drain: Duration,
     /// The default provider: `[upstream]`, or the first `[[providers]]` entry.
     pub upstream: UpstreamSettings,
     /// Whether `[upstream]` is in the file (then it is a provider of its own).
@@ -643,6 +647,15 @@ impl Settings {
             }
         }
         let approvals = raw.approvals.resolve().map_err(invalid)?;
+        let drain = match raw.server.drain_secs {
+            None => Duration::from_secs(20),
+            Some(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Duration::from_secs_f64(s),
+            Some(_) => {
+                return Err(invalid(
+                    "server.drain_secs must be a number of seconds from 0 to 3600".into(),
+                ));
+            }
+        };
 
         let mcp =
             crate::mcp::settings::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
@@ -663,6 +676,7 @@ impl Settings {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
+            drain,
             upstream,
             upstream_declared,
             providers,

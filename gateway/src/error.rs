@@ -118,6 +118,12 @@ pub enum CallError {
     Chain(#[from] crate::chain::ChainError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The agent hung up before its answer (never sent; recorded in the audit).
+    #[error("the client closed the connection before the answer")]
+    ClientClosed,
+    /// A graceful shutdown ended the call after its drain time.
+    #[error("the gateway is shutting down; retry on another replica")]
+    ShuttingDown,
 }
 
 impl CallError {
@@ -139,7 +145,10 @@ impl CallError {
             CallError::UpstreamStatus { .. }
             | CallError::UpstreamUnavailable { .. }
             | CallError::UpstreamTimeout { .. } => Source::Upstream,
-            CallError::Internal(_) | CallError::AuditUnavailable => Source::Internal,
+            CallError::ClientClosed => Source::Downstream,
+            CallError::Internal(_) | CallError::AuditUnavailable | CallError::ShuttingDown => {
+                Source::Internal
+            }
         }
     }
 
@@ -170,6 +179,8 @@ impl CallError {
             CallError::Conflict(_) => 409,
             CallError::Chain(_) => 400,
             CallError::Internal(_) => 500,
+            CallError::ClientClosed => 499,
+            CallError::ShuttingDown => 503,
         }
     }
 
@@ -193,6 +204,8 @@ impl CallError {
             CallError::Conflict(_) => "conflict",
             CallError::Chain(e) => e.code(),
             CallError::Internal(_) => "internal_error",
+            CallError::ClientClosed => "client_closed",
+            CallError::ShuttingDown => "gateway_draining",
         }
     }
 

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod ledger;
 pub mod mcp;

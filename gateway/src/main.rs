@@ -92,9 +92,22 @@ async fn serve(
         "palisade listening on http://{local}"
     );
     drop(rt);
-    tokio::select! {
-        _ = palisade::server::serve(listener, gw) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-    }
+    let server = tokio::spawn(palisade::server::serve(listener, gw.clone()));
+    let signal = shutdown_signal().await?;
+    tracing::info!("{signal}: shutting down gracefully");
+    let clean = gw.shutdown().await;
+    server.abort();
+    tracing::info!(clean, "stopped");
     Ok(())
+}
+
+/// Wait for SIGTERM (a deploy, `kill`) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }

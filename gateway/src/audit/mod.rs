@@ -22,7 +22,8 @@ use crate::config::{AuditSettings, Durability, OnAuditFailure};
 use crate::error::CallError;
 
 struct Job {
-    event: NewAuditEvent,
+    /// `None`: a flush marker, acknowledged once everything queued before it is committed.
+    event: Option<NewAuditEvent>,
     ack: Option<oneshot::Sender<()>>,
 }
 
@@ -81,7 +82,15 @@ impl AuditSink {
             (None, None)
         };
         // A full queue waits (back-pressure) rather than dropping the event.
-        if self.tx.send(Job { event, ack }).await.is_err() {
+        if self
+            .tx
+            .send(Job {
+                event: Some(event),
+                ack,
+            })
+            .await
+            .is_err()
+        {
             tracing::error!(target: "palisade::audit", "audit writer is gone; event not recorded");
             return Err(CallError::AuditUnavailable);
         }
@@ -92,6 +101,21 @@ impl AuditSink {
             }
         }
         Ok(())
+    }
+}
+
+impl AuditSink {
+    /// Return once every event queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), CallError> {
+        let (ack, done) = oneshot::channel();
+        let job = Job {
+            event: None,
+            ack: Some(ack),
+        };
+        if self.tx.send(job).await.is_err() {
+            return Err(CallError::AuditUnavailable);
+        }
+        done.await.map_err(|_| CallError::AuditUnavailable)
     }
 }
 
@@ -123,9 +147,9 @@ async fn writer(
                 }
             }
         }
-        let events: Vec<NewAuditEvent> = batch.iter().map(|j| j.event.clone()).collect();
+        let events: Vec<NewAuditEvent> = batch.iter().filter_map(|j| j.event.clone()).collect();
         let mut backoff = Duration::from_millis(50);
-        loop {
+        while !events.is_empty() {
             match store.append_audit(&events).await {
                 Ok(_) => {
                     if !healthy.swap(true, Ordering::Relaxed) {

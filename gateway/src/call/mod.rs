@@ -16,103 +16,40 @@
 
 pub mod format;
 pub mod held;
+pub mod life;
 pub mod replay;
 pub mod request;
 pub mod spend_guard;
 pub mod stream;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
-use palisade_store::NewAuditEvent;
 use serde_json::json;
 
 use crate::app::{Gateway, now_ms};
 use crate::chain::{self, ChainError};
 use crate::config::{Durability, Price, StreamOverrun};
 use crate::error::CallError;
-use crate::plugins::bindings::{Call, Completion, Usage};
+use crate::drain::ClientGone;
+use crate::plugins::bindings::Usage;
 use crate::plugins::{CallSession, Runtime};
 use crate::providers::{failover, routes};
 use crate::wire::GatewayBody;
 use crate::wire::errors::json_response;
 use format::Ingress;
+pub use life::{CallLife, Draft, Ending};
 
 /// Random id with a prefix, e.g. `req_1f0c...`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())
 }
 
-/// What the audit needs to know about a call, filled in as it goes.
-pub struct Draft {
-    pub started: Instant,
-    pub event: NewAuditEvent,
-    /// Time spent waiting on providers (for the gateway-overhead metric).
-    pub upstream_time: std::time::Duration,
-}
-
-impl Draft {
-    fn new(request_id: &str, rt: &Runtime, kind: &'static str) -> Draft {
-        Draft {
-            upstream_time: std::time::Duration::ZERO,
-            started: Instant::now(),
-            event: NewAuditEvent {
-                time_ms: now_ms(),
-                request_id: request_id.to_string(),
-                kind: kind.to_string(),
-                policy_version: rt.chain.version.clone(),
-                verdicts: serde_json::Value::Array(Vec::new()),
-                ..Default::default()
-            },
-        }
-    }
-
-    /// Complete the event and hand it to the audit sink; with sync durability this returns once
-    /// it is committed.
-    pub async fn record(
-        mut self,
-        gw: &Gateway,
-        session: Option<&mut CallSession>,
-        status: u16,
-        error: Option<&CallError>,
-    ) -> Result<(), CallError> {
-        self.event.latency_us = self.started.elapsed().as_micros() as i64;
-        self.event.status = i64::from(status);
-        if let Some(s) = session {
-            self.event.verdicts =
-                serde_json::to_value(std::mem::take(&mut s.notes)).unwrap_or_default();
-        }
-        if let Some(e) = error {
-            self.event.error_code = Some(e.code().to_string());
-            self.event.decided_by = e.plugin().map(str::to_string);
-        }
-        gw.metrics.observe_call(&crate::metrics::CallObservation {
-            kind: &self.event.kind,
-            status,
-            agent: self.event.agent.as_deref(),
-            provider: self.event.provider.as_deref(),
-            total: self.started.elapsed(),
-            upstream: self.upstream_time,
-            input_tokens: u64::try_from(self.event.input_tokens).unwrap_or(0),
-            output_tokens: u64::try_from(self.event.output_tokens).unwrap_or(0),
-            cost_micro_usd: u64::try_from(self.event.cost_micro_usd).unwrap_or(0),
-        });
-        gw.audit.record(self.event).await
-    }
-}
-
 fn empty_usage() -> Usage {
-    Usage {
-        input_tokens: 0,
-        output_tokens: 0,
-        cached_tokens: 0,
-        cost: 0,
-        served_by: String::new(),
-    }
+    life::no_usage()
 }
 
 /// `POST /v1/chat/completions`.
@@ -144,58 +81,44 @@ async fn llm_call(
 ) -> Response<GatewayBody> {
     // Step 1: one policy snapshot for the whole call.
     let rt = gw.policy.current();
-    let mut draft = Draft::new(&request_id, &rt, "llm-call");
-    let mut session: Option<CallSession> = None;
-    let mut call: Option<Call> = None;
-    let mut token: Option<String> = None;
-    let result = chat_inner(
+    let gone = parts
+        .extensions
+        .get::<ClientGone>()
+        .cloned()
+        .unwrap_or_default();
+    // From here the call's end is guarded: it is audited and settled once, whatever happens.
+    let mut life = Some(CallLife::begin(
         gw,
         &rt,
-        &request_id,
-        parts,
-        body,
-        &mut draft,
-        &mut session,
-        &mut call,
-        &mut token,
-        ingress,
-    )
-    .await;
-    let (mut resp, usage, error) = match result {
-        // The streaming task owns the session and the draft from here.
+        request_id.clone(),
+        "llm-call",
+        gone,
+    ));
+    let mut token: Option<String> = None;
+    let result = chat_inner(gw, &rt, &request_id, parts, body, &mut life, &mut token, ingress).await;
+    let (mut resp, end, error) = match result {
+        // The streaming task owns the call's life from here.
         Ok(Reply::Streaming(mut resp)) => {
             add_chain(&mut resp, token.as_deref());
             return resp;
         }
-        Ok(Reply::Done(resp, usage)) => (resp, usage, None),
-        Err(e) => (ingress.error(&e, &request_id), empty_usage(), Some(e)),
+        Ok(Reply::Done(resp, usage)) => {
+            let end = Ending::ok(resp.status().as_u16(), usage);
+            (resp, end, None)
+        }
+        Err(e) => {
+            let resp = ingress.error(&e, &request_id);
+            let mut end = Ending::failed(&e, empty_usage());
+            end.status = resp.status().as_u16();
+            (resp, end, Some(e))
+        }
     };
     add_chain(&mut resp, token.as_deref());
-    let status = resp.status().as_u16();
-    if let (Some(s), Some(c)) = (session.as_mut(), call.as_ref()) {
-        let code = error.as_ref().map(|e| e.code().to_string());
-        let done = Completion {
-            status,
-            error_code: code,
-            truncated: false,
-        };
-        s.on_complete(c, &usage, &done).await;
-    }
     if let Some(e) = &error {
         log_error(&request_id, e);
     }
-    draft.event.output_tokens = i64::from(usage.output_tokens);
-    draft.event.cost_micro_usd = i64::try_from(usage.cost).unwrap_or(i64::MAX);
-    if usage.input_tokens > 0 {
-        draft.event.input_tokens = i64::from(usage.input_tokens);
-    }
-    let recorded = draft
-        .record(gw, session.as_mut(), status, error.as_ref())
-        .await;
-    if let Some(s) = session {
-        s.finish();
-    }
-    match recorded {
+    let Some(life) = life else { return resp };
+    match life.finish(end).await {
         // In sync mode an answer whose event could not be committed is not sent.
         Err(e) if gw.audit.settings().durability == Durability::Sync => {
             ingress.error(&e, &request_id)
@@ -225,12 +148,20 @@ async fn chat_inner(
     request_id: &Arc<str>,
     parts: Parts,
     body: Incoming,
-    draft: &mut Draft,
-    session_slot: &mut Option<CallSession>,
-    call_slot: &mut Option<Call>,
+    life_slot: &mut Option<CallLife>,
     token_slot: &mut Option<String>,
     ingress: Ingress,
 ) -> Result<Reply, CallError> {
+    let life = life_slot
+        .as_mut()
+        .ok_or_else(|| CallError::Internal("a call without its life".into()))?;
+    let CallLife {
+        draft,
+        session: session_slot,
+        call: call_slot,
+        spend,
+        ..
+    } = life;
     // Step 2: identity, before the body is read.
     let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
         "missing API key: send `Authorization: Bearer <agent key>`",
@@ -331,6 +262,9 @@ async fn chat_inner(
         breaker: rt.settings.breaker,
         metrics: &gw.metrics,
     };
+    // From here the provider may bill the call, answered or not.
+    spend.reached_upstream = true;
+    spend.price = price;
     let served = failover::run(&ctx, &plan, &json, chat.stream).await;
     let served = match served {
         Ok(s) => {
@@ -351,6 +285,7 @@ async fn chat_inner(
         .settings
         .price(&served.target.provider, &served.target.model)
         .copied();
+    spend.price = price;
 
     let answer = match served.answer {
         failover::Answer::Stream(chunks) => chunks,
@@ -370,25 +305,20 @@ async fn chat_inner(
         }
     };
     {
-        let session = session_slot
-            .take()
-            .ok_or_else(|| CallError::Internal("no session".into()))?;
-        let call = call_slot
-            .take()
-            .ok_or_else(|| CallError::Internal("no call".into()))?;
-        let draft = std::mem::replace(draft, Draft::new(request_id, rt, "llm-call"));
         let guard = (rt.settings.host.stream_overrun == StreamOverrun::Cut).then(|| {
             spend_guard::SpendGuard::new(session.holds().clone(), price, chat.input_tokens)
         });
+        let life = life_slot
+            .take()
+            .ok_or_else(|| CallError::Internal("a call without its life".into()))?;
         let relay = stream::Relay {
-            session,
-            call,
-            draft,
+            life,
             wants_usage: chat.wants_usage,
-            request_id: request_id.clone(),
-            egress: ingress.egress(),
-            // A claimed stream is kept, as the agent got it, for identical calls to replay.
-            record: claim.map(|c| (c, replay::Assembler::default())),
+            out: stream::Out {
+                egress: ingress.egress(),
+                // A claimed stream is kept, as the agent got it, for identical calls to replay.
+                record: claim.map(|c| (c, replay::Assembler::default())),
+            },
             price,
             guard,
             served_by: target.clone(),

@@ -15,35 +15,40 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::Draft;
+use super::life::{CallLife, Ending, tokens_of};
 use super::spend_guard::SpendGuard;
 use crate::app::Gateway;
 use crate::config::Durability;
 use crate::error::CallError;
 use crate::plugins::CallSession;
-use crate::plugins::bindings::{Call, Completion};
+use crate::plugins::bindings::Call;
 use crate::providers::chunks::{ChunkStream, Next};
 use crate::wire::GatewayBody;
 
 pub struct Relay {
-    pub session: CallSession,
-    pub call: Call,
-    pub draft: Draft,
+    /// The call's session, plugins' view and audit draft, finished once when the relay ends
+    /// (or, if the relay task dies, when it is dropped).
+    pub life: CallLife,
     pub wants_usage: bool,
-    pub request_id: Arc<str>,
     /// The price of the call's target, to cost what it used.
     pub price: Option<crate::config::Price>,
     /// Keeps the plugins' reservations ahead of the stream (`None`: let it overrun).
     pub guard: Option<SpendGuard>,
     /// The target that serves the stream (`provider/model`).
     pub served_by: String,
+    /// What goes to the agent.
+    pub out: Out,
+}
+
+/// The agent's side of a stream.
+pub struct Out {
     /// Writes the canonical chunks in the caller's format.
     pub egress: super::format::Egress,
     /// An approved call's claim, and the answer as sent so far, stored when the stream ends.
     pub record: Option<(crate::approvals::ExecutionClaim, super::replay::Assembler)>,
 }
 
-impl Relay {
+impl Out {
     /// A chunk's events in the caller's format, kept for the record if there is one.
     fn emit(&mut self, chunk: &Value) -> Vec<Bytes> {
         if let Some((_, a)) = self.record.as_mut() {
@@ -56,7 +61,7 @@ impl Relay {
 /// Start relaying in a task; returns the body to send to the agent.
 pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: ChunkStream) -> GatewayBody {
     let (tx, body) = GatewayBody::channel(32);
-    tokio::spawn(run(gw, relay, upstream, tx));
+    gw.drain.clone().spawn(run(gw, relay, upstream, tx));
     body
 }
 
@@ -80,24 +85,38 @@ enum End {
 }
 
 async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc::Sender<Bytes>) {
-    let provider = r.draft.event.provider.clone().unwrap_or_default();
+    let provider = r.life.draft.event.provider.clone().unwrap_or_default();
+    let request_id = r.life.request_id.clone();
     let mut usage = super::empty_usage();
-    let mut text_call = r.call.clone();
+    let (Some(call), Some(session)) = (r.life.call.as_ref(), r.life.session.as_mut()) else {
+        let e = CallError::Internal("a stream without its call".into());
+        let _ = tx.send(r.out.egress.error(&e, &request_id)).await;
+        let _ = r.life.finish(Ending::failed(&e, usage)).await;
+        return;
+    };
+    let input_tokens = call.input_tokens;
+    let mut text_call = call.clone();
     // `on-text` gets the call without its body: the instance saw the body in `on-request`.
     text_call.body.clear();
-    let wants_text = r.session.wants_text();
+    let wants_text = session.wants_text();
     let mut flushed = false;
-    let mut out_chars = 0usize;
+    // A graceful shutdown past its drain time cuts the stream.
+    let cut = gw.drain.cut_signal();
+    tokio::pin!(cut);
 
     let end = 'relay: loop {
         let waited = std::time::Instant::now();
-        let next = upstream.next().await;
-        r.draft.upstream_time += waited.elapsed();
+        let next = tokio::select! {
+            biased;
+            () = &mut cut => break 'relay End::Failed(CallError::ShuttingDown),
+            next = upstream.next() => next,
+        };
+        r.life.draft.upstream_time += waited.elapsed();
         let mut chunk = match next {
             Next::Done => {
                 if wants_text
                     && !flushed
-                    && let Err(e) = flush(&mut r, &text_call, &tx, None).await
+                    && let Err(e) = flush(&mut r.out, session, &text_call, &tx, None).await
                 {
                     break 'relay e;
                 }
@@ -130,18 +149,19 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
             if wants_text {
                 if let Some(Value::String(delta)) = chunk.pointer_mut("/choices/0/delta/content") {
                     let text = std::mem::take(delta);
-                    match r.session.on_text(&text_call, text, false).await {
+                    match session.on_text(&text_call, text, false).await {
                         Ok(t) => *delta = t,
                         Err(e) => break 'relay End::Failed(e),
                     }
                 }
                 if finishing && !flushed {
                     flushed = true;
-                    if let Err(e) = flush(&mut r, &text_call, &tx, Some(&chunk)).await {
+                    if let Err(e) = flush(&mut r.out, session, &text_call, &tx, Some(&chunk)).await {
                         break 'relay e;
                     }
                 }
             }
+            let out_chars = r.life.spend.out_chars;
             let sending = out_chars + output_chars(&chunk);
             if sending > out_chars
                 && let Some(guard) = r.guard.as_mut()
@@ -149,8 +169,8 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
             {
                 break 'relay End::Failed(e);
             }
-            out_chars = sending;
-            if !send_all(&tx, r.emit(&chunk)).await {
+            r.life.spend.out_chars = sending;
+            if !send_all(&tx, r.out.emit(&chunk)).await {
                 break 'relay End::ClientGone;
             }
         }
@@ -158,46 +178,39 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
 
     let (status, error, truncated) = match &end {
         End::Done => (200, None, false),
-        End::ClientGone => (499, None, true),
+        End::ClientGone => (499, Some(CallError::ClientClosed), true),
         End::Failed(e) => {
-            let _ = tx.send(r.egress.error(e, &r.request_id)).await;
-            (e.status(), Some(e), true)
+            let _ = tx.send(r.out.egress.error(e, &request_id)).await;
+            (e.status(), None, true)
         }
     };
-    if let (End::Done, Some((claim, answer))) = (&end, r.record.take()) {
+    if let (End::Done, Some((claim, answer))) = (&end, r.out.record.take()) {
         let answer = answer.completion().to_string();
         super::held::record(&gw, claim, http::StatusCode::OK, &answer).await;
     }
     let sync = gw.audit.settings().durability == Durability::Sync;
     if matches!(end, End::Done) && !sync {
-        send_all(&tx, r.egress.done()).await;
+        send_all(&tx, r.out.egress.done()).await;
     }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
-        usage.output_tokens = u32::try_from(tokens_of(out_chars)).unwrap_or(u32::MAX);
-        usage.input_tokens = r.call.input_tokens;
+        usage.output_tokens =
+            u32::try_from(tokens_of(r.life.spend.out_chars)).unwrap_or(u32::MAX);
+        usage.input_tokens = input_tokens;
     }
     usage.served_by = r.served_by.clone();
     usage.cost = super::cost_of(r.price.as_ref(), &usage);
-    let completion = Completion {
-        status,
-        error_code: error.map(|e| e.code().to_string()),
-        truncated,
+    let mut ending = match (&end, &error) {
+        (End::Failed(e), _) | (_, Some(e)) => Ending::failed(e, usage),
+        _ => Ending::ok(status, usage),
     };
-    r.session.on_complete(&r.call, &usage, &completion).await;
-    r.draft.event.truncated = truncated;
-    r.draft.event.input_tokens = i64::from(usage.input_tokens);
-    r.draft.event.output_tokens = i64::from(usage.output_tokens);
-    r.draft.event.cost_micro_usd = i64::try_from(usage.cost).unwrap_or(i64::MAX);
-    let recorded = r
-        .draft
-        .record(&gw, Some(&mut r.session), status, error)
-        .await;
-    r.session.finish();
+    ending.status = status;
+    ending.truncated = truncated;
+    let recorded = r.life.finish(ending).await;
     if matches!(end, End::Done) && sync {
         let last = match recorded {
-            Ok(()) => r.egress.done(),
-            Err(e) => vec![r.egress.error(&e, &r.request_id)],
+            Ok(()) => r.out.egress.done(),
+            Err(e) => vec![r.out.egress.error(&e, &request_id)],
         };
         send_all(&tx, last).await;
     }
@@ -225,21 +238,16 @@ fn output_chars(chunk: &Value) -> usize {
     text + args
 }
 
-/// The gateway's estimate of tokens streamed: ceil(chars / 4), as for requests.
-fn tokens_of(chars: usize) -> u64 {
-    (chars as u64).div_ceil(4)
-}
-
 /// Ask the text plugins for what they carried and send it as one more content chunk, shaped
 /// like `like` (or a minimal chunk).
 async fn flush(
-    r: &mut Relay,
+    out: &mut Out,
+    session: &mut CallSession,
     text_call: &Call,
     tx: &mpsc::Sender<Bytes>,
     like: Option<&Value>,
 ) -> Result<(), End> {
-    let rest = r
-        .session
+    let rest = session
         .on_text(text_call, String::new(), true)
         .await
         .map_err(End::Failed)?;
@@ -256,7 +264,7 @@ async fn flush(
     if let Some(o) = chunk.as_object_mut() {
         o.retain(|_, v| !v.is_null());
     }
-    if send_all(tx, r.emit(&chunk)).await {
+    if send_all(tx, out.emit(&chunk)).await {
         Ok(())
     } else {
         Err(End::ClientGone)

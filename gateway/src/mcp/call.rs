@@ -21,10 +21,8 @@
 //! `_meta["palisade/approval"]`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::HeaderMap;
-use palisade_store::NewAuditEvent;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -32,11 +30,12 @@ use super::catalog::Hub;
 use super::changes::Listing;
 use super::jsonrpc::{self, error, result, tool_error};
 use super::upstream::UpstreamError;
-use crate::app::{Gateway, now_ms};
+use crate::app::Gateway;
 use crate::approvals::{Admission, ExecutionClaim, HeldCall};
-use crate::call::Draft;
+use crate::call::life::no_usage;
+use crate::call::{CallLife, Draft, Ending};
 use crate::error::CallError;
-use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Completion, Hold, Tool, Usage};
+use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Hold, Tool};
 use crate::plugins::{CallSession, Runtime};
 use crate::registry::Agent;
 
@@ -50,6 +49,8 @@ pub struct Ctx<'a> {
     /// Key of the upstream sessions held for this agent session.
     pub session: &'a str,
     pub headers: &'a HeaderMap,
+    /// Whether the agent hung up (the call goes on; its audit says so).
+    pub gone: crate::drain::ClientGone,
     /// The stateless 2026-07-28 revision: results carry `resultType`.
     pub modern: bool,
 }
@@ -182,27 +183,53 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
     }
     // Completions are policed like listings: they reveal, never run.
     let lists = listing.is_some() || completion;
-    let mut draft = draft(ctx, method, lists);
+    // From here the call's end is guarded: audited once, whatever happens.
+    let mut life = begin(ctx, method, lists);
     let run = match crate::call::delegation(ctx.gw, ctx.rt, ctx.headers, &ctx.agent.id)
         .and_then(|run| ctx.gw.audit.admit().map(|_| run))
     {
         Ok(run) => run,
         Err(e) => {
             let (_, msg) = jsonrpc::call_error(id, &e);
-            draft.event.error_code = Some(e.code().to_string());
-            let _ = draft.record(ctx.gw, None, e.status(), Some(&e)).await;
+            let _ = life.finish(Ending::failed(&e, no_usage())).await;
             return (msg, None);
         }
     };
     let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
-    draft.event.run_id = run.run_id.clone();
-    draft.event.chain = run.agents.clone();
+    life.draft.event.run_id = run.run_id.clone();
+    life.draft.event.chain = run.agents.clone();
     let call = wit_call(ctx, &run, lists);
+    let mut out = Out::default();
+    let draft = &mut life.draft;
     let reply = match (listing, item) {
-        (Some(l), _) => list(ctx, id, call, l, draft).await,
-        (None, Some(item)) => use_item(ctx, id, params, call, &token, draft, item).await,
-        (None, None) => complete_ref(ctx, id, params, call, &token, draft).await,
+        (Some(l), _) => list(ctx, id, call, l, &mut out).await,
+        (None, Some(item)) => {
+            use_item(ctx, id, params, call, &token, draft, &mut out, item).await
+        }
+        (None, None) => complete_ref(ctx, id, params, call, &token, draft, &mut out).await,
     };
+    // The one finish: on-complete for uses, then the audit event (MCP answers are HTTP 200;
+    // the outcome is in the code).
+    life.session = out.session;
+    life.call = out.call;
+    let code = out.code.or_else(|| {
+        out.facts
+            .is_none()
+            .then(|| "internal_error: the MCP request ended unrecorded".into())
+    });
+    if let Some(f) = &out.facts {
+        life.draft.event.provider = f.server.clone();
+        life.facts = Some(f.to_json());
+    }
+    let plugin = code.as_ref().and_then(|_| life.decider());
+    let end = Ending {
+        status: 200,
+        code,
+        plugin,
+        usage: no_usage(),
+        truncated: false,
+    };
+    let _ = life.finish(end).await;
     (reply, Some(token))
 }
 
@@ -217,23 +244,15 @@ fn mark(v: &mut Value, list: bool) {
     }
 }
 
-fn draft(ctx: &Ctx<'_>, method: &str, listing: bool) -> Draft {
-    Draft {
-        started: Instant::now(),
-        upstream_time: std::time::Duration::ZERO,
-        event: NewAuditEvent {
-            time_ms: now_ms(),
-            request_id: ctx.request_id.to_string(),
-            kind: if listing { "tool-list" } else { "tool-call" }.into(),
-            target: method.into(),
-            policy_version: ctx.rt.chain.version.clone(),
-            verdicts: Value::Array(Vec::new()),
-            agent: Some(ctx.agent.id.clone()),
-            owner: Some(ctx.agent.owner.clone()),
-            team: Some(ctx.agent.team.clone()),
-            ..Default::default()
-        },
-    }
+fn begin(ctx: &Ctx<'_>, method: &str, listing: bool) -> CallLife {
+    let kind = if listing { "tool-list" } else { "tool-call" };
+    let mut life = CallLife::begin(ctx.gw, ctx.rt, ctx.request_id.clone(), kind, ctx.gone.clone());
+    let e = &mut life.draft.event;
+    e.target = method.into();
+    e.agent = Some(ctx.agent.id.clone());
+    e.owner = Some(ctx.agent.owner.clone());
+    e.team = Some(ctx.agent.team.clone());
+    life
 }
 
 fn wit_call(ctx: &Ctx<'_>, run: &crate::chain::Chain, listing: bool) -> Call {
@@ -274,63 +293,57 @@ struct Facts {
     shown: Option<(Listing, usize, usize)>,
 }
 
-async fn finish(
-    ctx: &Ctx<'_>,
-    mut draft: Draft,
-    mut session: Option<CallSession>,
-    facts: Facts,
-    error_code: Option<String>,
-) {
-    let mut verdicts = match &session {
-        Some(s) => serde_json::to_value(&s.notes).unwrap_or_default(),
-        None => Value::Array(Vec::new()),
-    };
-    let mut mcp = json!({"gateway": "mcp", "method": facts.method});
-    if let Some(s) = &facts.server {
-        mcp["server"] = json!(s);
-    }
-    if let Some((item, t)) = &facts.item {
-        mcp[item.noun()] = json!(t);
-    }
-    if let Some(h) = &facts.arguments_sha256 {
-        mcp["arguments_sha256"] = json!(h);
-    }
-    if let Some(e) = facts.is_error {
-        mcp["is_error"] = json!(e);
-    }
-    if let Some((l, shown, total)) = facts.shown {
-        mcp[format!("{}_shown", l.key())] = json!(shown);
-        mcp[format!("{}_total", l.key())] = json!(total);
-    }
-    if let Value::Array(v) = &mut verdicts {
-        v.push(mcp);
-    }
-    draft.event.provider = facts.server;
-    draft.event.error_code = error_code;
-    draft.event.latency_us = draft.started.elapsed().as_micros() as i64;
-    draft.event.status = 200;
-    draft.event.verdicts = verdicts;
-    if let Some(s) = session.as_mut()
-        && let Some(code) = draft.event.error_code.clone()
-        && draft.event.decided_by.is_none()
-    {
-        draft.event.decided_by = s
-            .notes
-            .iter()
-            .rev()
-            .find(|n| n.verdict != "allow")
-            .map(|n| n.plugin.to_string());
-        let _ = code;
-    }
-    if let Err(e) = ctx.gw.audit.record(draft.event).await {
-        tracing::error!(request_id = &**ctx.request_id, "MCP call not audited: {e}");
-    }
-    if let Some(s) = session {
-        s.finish();
+impl Facts {
+    /// The MCP part of the audit event's verdicts.
+    fn to_json(&self) -> Value {
+        let mut mcp = json!({"gateway": "mcp", "method": self.method});
+        if let Some(s) = &self.server {
+            mcp["server"] = json!(s);
+        }
+        if let Some((item, t)) = &self.item {
+            mcp[item.noun()] = json!(t);
+        }
+        if let Some(h) = &self.arguments_sha256 {
+            mcp["arguments_sha256"] = json!(h);
+        }
+        if let Some(e) = self.is_error {
+            mcp["is_error"] = json!(e);
+        }
+        if let Some((l, shown, total)) = self.shown {
+            mcp[format!("{}_shown", l.key())] = json!(shown);
+            mcp[format!("{}_total", l.key())] = json!(total);
+        }
+        mcp
     }
 }
 
-async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, draft: Draft) -> Value {
+/// How an MCP request ended, handed back to [`answer`], which finishes the call's life once.
+#[derive(Default)]
+struct Out {
+    /// The plugin session, where the chain ran.
+    session: Option<CallSession>,
+    /// The call, where `on-complete` is due (uses; listings have no completion).
+    call: Option<Call>,
+    facts: Option<Facts>,
+    code: Option<String>,
+}
+
+impl Out {
+    fn end(
+        &mut self,
+        session: Option<CallSession>,
+        call: Option<Call>,
+        facts: Facts,
+        code: Option<String>,
+    ) {
+        self.session = session;
+        self.call = call;
+        self.facts = Some(facts);
+        self.code = code;
+    }
+}
+
+async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, out: &mut Out) -> Value {
     let entries = ctx.hub.list(l).await;
     let items: Vec<Tool> = entries
         .iter()
@@ -365,12 +378,12 @@ async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, draft: Draft) -
             let n = shown.len();
             let mut r = json!({ l.key(): shown });
             mark(&mut r, ctx.modern);
-            finish(ctx, draft, Some(session), facts(n), None).await;
+            out.end(Some(session), None, facts(n), None);
             result(id, r)
         }
         Err(e) => {
             let code = e.code().to_string();
-            finish(ctx, draft, Some(session), facts(0), Some(code)).await;
+            out.end(Some(session), None, facts(0), Some(code));
             error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None)
         }
     }
@@ -385,7 +398,8 @@ async fn complete_ref(
     mut params: Value,
     call: Call,
     token: &str,
-    mut draft: Draft,
+    draft: &mut Draft,
+    out: &mut Out,
 ) -> Value {
     let mut facts = Facts {
         method: "completion/complete",
@@ -402,7 +416,7 @@ async fn complete_ref(
         _ => (Item::Tool, Listing::Tools, "", None),
     };
     let Some(name) = name.map(str::to_string) else {
-        finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+        out.end(None, None, facts, Some("invalid_params".into()));
         return error(
             id,
             jsonrpc::INVALID_PARAMS,
@@ -421,7 +435,7 @@ async fn complete_ref(
             .map(|e| (e.server, e.original)),
     };
     let Some((server_index, original)) = resolved else {
-        finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
+        out.end(None, None, facts, Some("unknown_tool".into()));
         return item.unknown(id, &name, ctx.modern);
     };
     let server = ctx.hub.servers[server_index].clone();
@@ -436,19 +450,12 @@ async fn complete_ref(
         Ok(kept) => !kept.is_empty(),
         Err(e) => {
             let code = e.code().to_string();
-            finish(ctx, draft, Some(session), facts, Some(code)).await;
+            out.end(Some(session), None, facts, Some(code));
             return error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None);
         }
     };
     if !visible {
-        finish(
-            ctx,
-            draft,
-            Some(session),
-            facts,
-            Some("unknown_tool".into()),
-        )
-        .await;
+        out.end(Some(session), None, facts, Some("unknown_tool".into()));
         return item.unknown(id, &name, ctx.modern);
     }
     params["ref"][field] = json!(original);
@@ -462,7 +469,7 @@ async fn complete_ref(
     {
         Ok(mut v) => {
             mark(&mut v, false);
-            finish(ctx, draft, Some(session), facts, None).await;
+            out.end(Some(session), None, facts, None);
             result(id, v)
         }
         Err(e) => {
@@ -474,14 +481,7 @@ async fn complete_ref(
                 } => (code, message, data),
                 other => (jsonrpc::INTERNAL_ERROR, other.to_string(), None),
             };
-            finish(
-                ctx,
-                draft,
-                Some(session),
-                facts,
-                Some("upstream_error".into()),
-            )
-            .await;
+            out.end(Some(session), None, facts, Some("upstream_error".into()));
             error(id, code, message, data)
         }
     }
@@ -583,7 +583,8 @@ async fn use_item(
     params: Value,
     mut call: Call,
     token: &str,
-    mut draft: Draft,
+    draft: &mut Draft,
+    out: &mut Out,
     item: Item,
 ) -> Value {
     let mut facts = Facts {
@@ -595,7 +596,7 @@ async fn use_item(
         shown: None,
     };
     let Some(name) = params.get(item.param()).and_then(Value::as_str) else {
-        finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+        out.end(None, None, facts, Some("invalid_params".into()));
         return error(
             id,
             jsonrpc::INVALID_PARAMS,
@@ -609,7 +610,7 @@ async fn use_item(
         (_, None | Some(Value::Null)) => json!({}),
         (_, Some(a @ Value::Object(_))) => a.clone(),
         (_, Some(_)) => {
-            finish(ctx, draft, None, facts, Some("invalid_params".into())).await;
+            out.end(None, None, facts, Some("invalid_params".into()));
             return error(
                 id,
                 jsonrpc::INVALID_PARAMS,
@@ -632,7 +633,7 @@ async fn use_item(
             .map(|e| (e.server, e.original)),
     };
     let Some((server_index, original)) = resolved else {
-        finish(ctx, draft, None, facts, Some("unknown_tool".into())).await;
+        out.end(None, None, facts, Some("unknown_tool".into()));
         return item.unknown(id, name, ctx.modern);
     };
     let server = ctx.hub.servers[server_index].clone();
@@ -667,13 +668,13 @@ async fn use_item(
                     let is_error = v.get("isError").and_then(Value::as_bool).unwrap_or(false);
                     facts.is_error = Some(is_error);
                     mark(&mut v, ctx.modern);
-                    complete(&mut session, &call, code.clone()).await;
+                    
                     let reply = if is_error {
                         refused(code.as_deref().unwrap_or("approval_required"), v)
                     } else {
                         result(id, v)
                     };
-                    finish(ctx, draft, Some(session), facts, code).await;
+                    out.end(Some(session), Some(call), facts, code);
                     return reply;
                 }
                 Err(e) => Err(e),
@@ -697,14 +698,7 @@ async fn use_item(
                         "a plugin rewrote the {} request into something that cannot be sent",
                         item.noun()
                     );
-                    finish(
-                        ctx,
-                        draft,
-                        Some(session),
-                        facts,
-                        Some("internal_error".into()),
-                    )
-                    .await;
+                    out.end(Some(session), Some(call), facts, Some("internal_error".into()));
                     return error(id, jsonrpc::INTERNAL_ERROR, e, None);
                 }
             }
@@ -735,8 +729,8 @@ async fn use_item(
                 }
                 other => error(id, jsonrpc::INTERNAL_ERROR, other.to_string(), None),
             };
-            complete(&mut session, &call, Some(code.clone())).await;
-            finish(ctx, draft, Some(session), facts, Some(code)).await;
+                    
+            out.end(Some(session), Some(call), facts, Some(code));
             return reply;
         }
     };
@@ -758,8 +752,8 @@ async fn use_item(
             .is_ok_and(|kept| !kept.is_empty());
         if !visible {
             let code = "unknown_tool".to_string();
-            complete(&mut session, &call, Some(code.clone())).await;
-            finish(ctx, draft, Some(session), facts, Some(code)).await;
+                    
+            out.end(Some(session), Some(call), facts, Some(code));
             return item.unknown(id, name, ctx.modern);
         }
     }
@@ -793,8 +787,8 @@ async fn use_item(
                     "upstream_unavailable",
                 ),
             };
-            complete(&mut session, &call, Some(code.into())).await;
-            finish(ctx, draft, Some(session), facts, Some(code.into())).await;
+                    
+            out.end(Some(session), Some(call), facts, Some(code.into()));
             return reply;
         }
     };
@@ -844,13 +838,13 @@ async fn use_item(
     };
     match reply {
         Ok(r) => {
-            complete(&mut session, &call, None).await;
-            finish(ctx, draft, Some(session), facts, None).await;
+                    
+            out.end(Some(session), Some(call), facts, None);
             r
         }
         Err((code, r)) => {
-            complete(&mut session, &call, Some(code.clone())).await;
-            finish(ctx, draft, Some(session), facts, Some(code)).await;
+                    
+            out.end(Some(session), Some(call), facts, Some(code));
             r
         }
     }
@@ -905,20 +899,4 @@ fn expose_uris(v: &mut Value, item: Item, hub: &Hub, server: usize) {
             }
         }
     }
-}
-
-async fn complete(session: &mut CallSession, call: &Call, error_code: Option<String>) {
-    let usage = Usage {
-        input_tokens: 0,
-        output_tokens: 0,
-        cached_tokens: 0,
-        cost: 0,
-        served_by: String::new(),
-    };
-    let done = Completion {
-        status: 200,
-        error_code,
-        truncated: false,
-    };
-    session.on_complete(call, &usage, &done).await;
 }

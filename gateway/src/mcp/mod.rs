@@ -317,8 +317,10 @@ async fn post(
     {
         // Runs on its own task, so a call held for approval can stream progress meanwhile.
         let (gw, headers, reply_id) = (gw.clone(), parts.headers.clone(), id.clone());
-        let work = tokio::spawn(async move {
+        let gone = client_gone(&parts);
+        let work = gw.drain.clone().spawn(async move {
             let ctx = call::Ctx {
+                gone,
                 gw: &gw,
                 rt: &rt,
                 hub: &hub,
@@ -336,6 +338,7 @@ async fn post(
         }
     } else {
         let ctx = call::Ctx {
+            gone: client_gone(&parts),
             gw,
             rt: &rt,
             hub: &hub,
@@ -352,6 +355,15 @@ async fn post(
         r.headers_mut().insert(crate::chain::HEADER, v);
     }
     r
+}
+
+/// Whether the agent behind the request hung up (set by the server).
+fn client_gone(parts: &Parts) -> crate::drain::ClientGone {
+    parts
+        .extensions
+        .get::<crate::drain::ClientGone>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// `Mcp-Method` and `Mcp-Name`, where sent, must say what the body says.

@@ -1,5 +1,11 @@
 //! Ingress: the HTTP server and the routing of endpoints. Every response, whatever its path,
 //! carries `palisade-request-id`; unknown paths and methods get errors in OpenAI's shape.
+//!
+//! Every request runs as its own task, detached from the connection ([`detached`]): when the
+//! agent hangs up, hyper drops only the waiting side, and the call goes on to its end, so a
+//! tool call under way is recorded with what it did and a completion is settled from the
+//! provider's usage (the call's finish records it as 499 `client_closed`). The tasks are the
+//! gateway's [`crate::drain::Drain`]'s, so a graceful shutdown waits for them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,14 +21,24 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::app::Gateway;
 use crate::call;
+use crate::drain::ClientGone;
 use crate::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::errors::{json_response, openai_error};
 
-/// Serve until the task is dropped.
+/// Serve until the gateway starts draining (or the task is dropped). Connections already open
+/// go on being served while the drain lasts.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    let draining = gw.drain.clone();
+    let stop = draining.draining_signal();
+    tokio::pin!(stop);
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let (stream, _peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -36,7 +52,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, Infallible>(route(&gw, req).await) }
+                async move { Ok::<_, Infallible>(detached(gw, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -53,6 +69,38 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// Run the request as a task of its own and wait for its answer; if this future is dropped
+/// first (the agent hung up), the task goes on and its call is recorded as `client_closed`.
+/// A shutdown that cuts calls ends the task's call with `gateway_draining`.
+async fn detached(gw: Arc<Gateway>, mut req: Request<Incoming>) -> Response<GatewayBody> {
+    let gone = ClientGone::default();
+    req.extensions_mut().insert(gone.clone());
+    let watch = gone.watch();
+    let drain = gw.drain.clone();
+    let task = drain.spawn(async move {
+        let cut = gw.drain.cut_signal();
+        tokio::select! {
+            biased;
+            r = route(&gw, req) => r,
+            () = cut => openai_error(&CallError::ShuttingDown, ""),
+        }
+    });
+    let mut resp = match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("a request's task failed: {e}");
+            openai_error(&CallError::Internal("the request's task failed".into()), "")
+        }
+    };
+    watch.answered();
+    if drain.is_draining() {
+        // Tell keep-alive clients to reconnect (to another replica).
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBody> {
@@ -79,6 +127,9 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
             r
         }
         (_, "/mcp") => crate::mcp::handle(gw, request_id.clone(), parts, body).await,
+        (&Method::GET, "/health") if gw.drain.is_draining() => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+        }
         (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
         (_, p) if p == "/admin/status" || p.starts_with("/admin/api/") => {
             match admin::route(gw, &parts, body).await {

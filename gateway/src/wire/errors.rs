@@ -22,7 +22,10 @@ fn openai_type(e: &CallError) -> &'static str {
         CallError::Denied { .. } | CallError::ApprovalRequired { .. } | CallError::Approval(_) => {
             "permission_error"
         }
-        CallError::PluginFailed { .. } | CallError::Internal(_) => "server_error",
+        CallError::PluginFailed { .. }
+        | CallError::Internal(_)
+        | CallError::ClientClosed
+        | CallError::ShuttingDown => "server_error",
         CallError::UpstreamStatus { status: 429, .. } => "rate_limit_error",
         CallError::UpstreamStatus { .. }
         | CallError::UpstreamUnavailable { .. }
