@@ -16,6 +16,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[cfg(test)]
+mod error_table;
 pub mod ledger;
 pub mod mcp;
 pub mod metrics;

@@ -182,7 +182,7 @@ async fn llm_call(
         s.on_complete(c, &usage, &done).await;
     }
     if let Some(e) = &error {
-        log_error(&request_id, e);
+        e.log(&request_id);
     }
     draft.event.output_tokens = i64::from(usage.output_tokens);
     draft.event.cost_micro_usd = i64::try_from(usage.cost).unwrap_or(i64::MAX);
@@ -201,15 +201,6 @@ async fn llm_call(
             ingress.error(&e, &request_id)
         }
         _ => resp,
-    }
-}
-
-fn log_error(request_id: &str, e: &CallError) {
-    use crate::error::Source;
-    match e.source_kind() {
-        Source::Downstream => tracing::debug!(request_id, code = e.code(), "{e}"),
-        Source::Plugin => tracing::info!(request_id, code = e.code(), "{e}"),
-        Source::Upstream | Source::Internal => tracing::warn!(request_id, code = e.code(), "{e}"),
     }
 }
 
