@@ -315,11 +315,10 @@ async fn chat_inner(
     };
     // Step 5: upstream, failing over along the plan. Each dialect asks streams for usage, so
     // spend can be settled; the relay strips it where the agent did not ask for it.
-    let set = gw.providers(rt);
+    let up = gw.upstreams(rt);
     let ctx = failover::Ctx {
-        set: &set,
-        breakers: &gw.breakers,
-        breaker: rt.settings.breaker,
+        set: &up.providers,
+        breakers: &up.breakers,
         metrics: &gw.metrics,
     };
     let served = failover::run(&ctx, &plan, &json, chat.stream).await;
