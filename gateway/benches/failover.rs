@@ -84,14 +84,14 @@ async fn scenario(
     n: usize,
     breaker: BreakerSettings,
 ) {
-    let s = settings(primary, secondary);
+    let mut s = settings(primary, secondary);
+    s.breaker = breaker;
     let set = ProviderSet::new(s.provider_list());
-    let breakers = Breakers::default();
+    let breakers = Breakers::for_config(&s, None);
     let metrics = Metrics::default();
     let ctx = Ctx {
         set: &set,
         breakers: &breakers,
-        breaker,
         metrics: &metrics,
     };
     let plan = routes::plan(&s, "smart");

@@ -1,14 +1,22 @@
 //! The assembled gateway: policy (config and plugin chain), store, agent registry, audit sink
 //! and upstream client, started in the order each needs the one before, plus the follower that
 //! keeps the store in step with reloads.
+//!
+//! What a config makes for calls to use (provider clients, the MCP hub, circuit breakers) is
+//! an [`Upstreams`], built once per loaded runtime: at start, and inside each reload before the
+//! new runtime is swapped in (`Policy::set_prepare`), never on a call. A call reaches its
+//! runtime's set with [`Gateway::upstreams`], so calls in flight across a reload keep the
+//! clients they started with.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use palisade_store::{NewAuditEvent, Store};
 
 use crate::audit::AuditSink;
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::plugins::{HostServices, Overrides, Policy, ReloadError, Runtime};
 use crate::providers::breaker::Breakers;
@@ -45,13 +53,13 @@ pub struct Gateway {
     pub services: Arc<HostServices>,
     /// Held calls and their human approvals.
     pub approvals: crate::approvals::Gate,
-    /// Provider clients for the current `[[providers]]`, rebuilt when they change.
-    providers: ArcSwap<ProviderSet>,
-    /// Per-target circuit breakers, kept across reloads.
-    pub breakers: Breakers,
+    /// The [`Upstreams`] of each runtime still in use, newest last.
+    upstreams: ArcSwap<Vec<Prepared>>,
+    /// One reload's preparation at a time, so each builds on the one before.
+    preparing: Mutex<()>,
+    /// How many [`Upstreams`] were built: one at start and one per reload, whatever the calls.
+    upstream_builds: AtomicU64,
     pub metrics: Metrics,
-    /// The MCP servers behind `/mcp`, rebuilt when a reload changes them.
-    pub mcp: crate::mcp::Hubs,
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
     /// Calls and streams in flight, and the graceful shutdown's stages.
@@ -106,11 +114,17 @@ impl Gateway {
             "config agents synced"
         );
         let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
+        let metrics = Metrics::default();
+        let first = Upstreams::build(&rt.settings, None);
+        metrics.set_known(first.labels(&rt.settings));
         let gw = Arc::new(Gateway {
-            providers: ArcSwap::from_pointee(ProviderSet::new(rt.settings.provider_list())),
-            breakers: Breakers::default(),
-            metrics: Metrics::default(),
-            mcp: crate::mcp::Hubs::new(&rt.settings.mcp),
+            upstreams: ArcSwap::from_pointee(vec![Prepared {
+                runtime: Arc::downgrade(&rt),
+                upstreams: Arc::new(first),
+            }]),
+            preparing: Mutex::new(()),
+            upstream_builds: AtomicU64::new(1),
+            metrics,
             policy,
             approvals: crate::approvals::Gate::new(store.clone()),
             store,
@@ -120,20 +134,74 @@ impl Gateway {
             chain_fallback: crate::chain::random_key(),
             drain: crate::drain::Drain::default(),
         });
+        let weak = Arc::downgrade(&gw);
+        gw.policy.set_prepare(Box::new(move |rt| {
+            if let Some(gw) = weak.upgrade() {
+                gw.prepare(rt);
+            }
+        }));
         tokio::spawn(follow_reloads(Arc::downgrade(&gw)));
         Ok(gw)
     }
 
-    /// The provider clients for the runtime's settings, rebuilt only when they changed.
-    pub fn providers(&self, rt: &Runtime) -> Arc<ProviderSet> {
-        let current = self.providers.load_full();
-        let wanted = rt.settings.provider_list();
-        if current.list == wanted {
-            return current;
+    /// Build the [`Upstreams`] of a runtime about to be swapped in, from the newest one.
+    fn prepare(&self, rt: &Arc<Runtime>) {
+        let _one = self.preparing.lock().unwrap_or_else(|p| p.into_inner());
+        let list = self.upstreams.load();
+        let fresh = Upstreams::build(&rt.settings, list.last().map(|p| &*p.upstreams));
+        self.upstream_builds.fetch_add(1, Ordering::Relaxed);
+        self.metrics.set_known(fresh.labels(&rt.settings));
+        // Runtimes no call holds any more have no use for theirs.
+        let mut next: Vec<Prepared> = list
+            .iter()
+            .filter(|p| p.runtime.strong_count() > 0)
+            .cloned()
+            .collect();
+        next.push(Prepared {
+            runtime: Arc::downgrade(rt),
+            upstreams: Arc::new(fresh),
+        });
+        self.upstreams.store(Arc::new(next));
+    }
+
+    /// What the runtime's config made for calls: its provider clients, MCP hub and breakers.
+    pub fn upstreams(&self, rt: &Runtime) -> Arc<Upstreams> {
+        let list = self.upstreams.load();
+        let mine = list
+            .iter()
+            .rev()
+            // A live weak pointer keeps its allocation, so an equal address is this runtime.
+            .find(|p| std::ptr::eq(p.runtime.as_ptr(), rt) && p.runtime.strong_count() > 0)
+            .or_else(|| {
+                // Only a runtime loaded by a `Policy` this gateway did not prepare gets here.
+                tracing::warn!("a runtime without its upstreams: using the newest");
+                list.last()
+            });
+        match mine {
+            Some(p) => p.upstreams.clone(),
+            // The list is never empty (start puts the first runtime's in); stay total anyway.
+            None => Arc::new(Upstreams::build(&rt.settings, None)),
         }
-        let fresh = Arc::new(ProviderSet::new(wanted));
-        self.providers.store(fresh.clone());
-        fresh
+    }
+
+    /// The provider clients of the runtime's config.
+    pub fn providers(&self, rt: &Runtime) -> Arc<ProviderSet> {
+        self.upstreams(rt).providers.clone()
+    }
+
+    /// The MCP servers of the runtime's config.
+    pub fn hub(&self, rt: &Runtime) -> Arc<crate::mcp::Hub> {
+        self.upstreams(rt).mcp.clone()
+    }
+
+    /// The circuit breakers of the newest config (for `/metrics` and `/admin/status`).
+    pub fn breakers(&self) -> Arc<Breakers> {
+        self.upstreams(&self.policy.current()).breakers.clone()
+    }
+
+    /// How many [`Upstreams`] were built since start (one, plus one per reload).
+    pub fn upstream_builds(&self) -> u64 {
+        self.upstream_builds.load(Ordering::Relaxed)
     }
 
     /// The keys delegation chain tokens are signed and verified with, for this runtime.
@@ -204,6 +272,49 @@ impl Gateway {
 
 /// How long cut calls get to finish (settle, audit) after a drain ran out.
 const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What one loaded config makes for calls to use. Parts a reload did not change are shared
+/// with the runtime before (a reload of plugins alone keeps the connection pools and the MCP
+/// sessions); breakers are carried over by key (see [`Breakers::for_config`]).
+pub struct Upstreams {
+    pub providers: Arc<ProviderSet>,
+    pub mcp: Arc<crate::mcp::Hub>,
+    pub breakers: Arc<Breakers>,
+}
+
+impl Upstreams {
+    fn build(settings: &Settings, previous: Option<&Upstreams>) -> Upstreams {
+        let list = settings.provider_list();
+        let providers = match previous {
+            Some(p) if p.providers.list == list => p.providers.clone(),
+            _ => Arc::new(ProviderSet::new(list)),
+        };
+        let mcp = match previous {
+            Some(p) if p.mcp.settings == settings.mcp => p.mcp.clone(),
+            _ => Arc::new(crate::mcp::Hub::new(settings.mcp.clone())),
+        };
+        let breakers = Breakers::for_config(settings, previous.map(|p| &*p.breakers));
+        Upstreams {
+            providers,
+            mcp,
+            breakers: Arc::new(breakers),
+        }
+    }
+
+    /// The `target`/`provider` metric label values this config allows.
+    fn labels(&self, settings: &Settings) -> Vec<String> {
+        let breakers = self.breakers.all().into_iter().map(|(k, _)| k);
+        let servers = settings.mcp.servers.iter().map(|s| s.name.clone());
+        breakers.chain(servers).collect()
+    }
+}
+
+/// A runtime's [`Upstreams`], kept while a call may still hold the runtime.
+#[derive(Clone)]
+struct Prepared {
+    runtime: Weak<Runtime>,
+    upstreams: Arc<Upstreams>,
+}
 
 /// How often reservations left by a dead replica are looked for.
 const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,6 +1,8 @@
-//! Every way a call can fail, as one type. Where an error comes from (the agent, a plugin, the
-//! upstream, ourselves) decides its HTTP status, its log level and its stable `code`; the
-//! translation into each ingress format's error shape lives in `server::respond`.
+//! Every way a call can fail, as one type, and its one map to a response: [`CallError::spec`]
+//! decides, in one exhaustive match, the HTTP status, the stable `code`, the OpenAI and
+//! Anthropic `error.type`, the JSON-RPC code, whether a retry may help, and the log level. The
+//! renderers (`wire::errors` for OpenAI and Anthropic, `mcp::jsonrpc` for MCP) only format an
+//! [`ErrorSpec`]; `docs/errors.md` is the table as operators and agent authors read it.
 
 use std::time::Duration;
 
@@ -15,6 +17,120 @@ pub enum Source {
     Upstream,
     /// A bug or resource problem of the gateway.
     Internal,
+}
+
+/// The level an error of a call is logged at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// JSON-RPC error codes the MCP face answers with. Here rather than in `mcp::jsonrpc` so the
+/// map from error to response needs nothing above this module; `mcp::jsonrpc` re-exports them.
+pub mod rpc {
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Palisade's own codes, outside the reserved range: the agent key was refused.
+    pub const UNAUTHORIZED: i64 = -31001;
+    /// The gateway cannot serve the call (audit log down, chain token refused, ...).
+    pub const REFUSED: i64 = -31002;
+}
+
+// OpenAI `error.type` values.
+const INVALID: &str = "invalid_request_error";
+const PERMISSION: &str = "permission_error";
+const RATE_LIMIT: &str = "rate_limit_error";
+const SERVER: &str = "server_error";
+const UPSTREAM: &str = "upstream_error";
+
+/// How one error is answered, in every ingress format, and logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorSpec<'a> {
+    pub status: u16,
+    /// The stable machine-readable code (`budget_exceeded`, `upstream_timeout`, ...).
+    pub code: &'a str,
+    pub source: Source,
+    /// OpenAI's `error.type`.
+    pub openai_type: &'static str,
+    /// Anthropic's `error.type` (by status, as Anthropic's API assigns them).
+    pub anthropic_type: &'static str,
+    /// The JSON-RPC `error.code` on `/mcp`.
+    pub jsonrpc_code: i64,
+    /// Whether the same call may succeed if retried (sent as `x-should-retry`, which the
+    /// official OpenAI and Anthropic SDKs obey instead of guessing from the status).
+    pub retryable: bool,
+    pub log_level: LogLevel,
+    /// The plugin that decided or failed, if one did.
+    pub plugin: Option<&'a str>,
+    /// A held call's approval, for agents that wait on it.
+    pub approval: Option<serde_json::Value>,
+}
+
+impl<'a> ErrorSpec<'a> {
+    /// A row with the defaults of its source: not retryable, logged at debug (the agent's
+    /// doing), info (a policy decision) or warn (the upstream's or our failure).
+    fn row(
+        status: u16,
+        code: &'a str,
+        source: Source,
+        openai_type: &'static str,
+        jsonrpc_code: i64,
+    ) -> Self {
+        ErrorSpec {
+            status,
+            code,
+            source,
+            openai_type,
+            anthropic_type: anthropic_type(status),
+            jsonrpc_code,
+            retryable: false,
+            log_level: match source {
+                Source::Downstream => LogLevel::Debug,
+                Source::Plugin => LogLevel::Info,
+                Source::Upstream | Source::Internal => LogLevel::Warn,
+            },
+            plugin: None,
+            approval: None,
+        }
+    }
+
+    fn retryable(mut self, yes: bool) -> Self {
+        self.retryable = yes;
+        self
+    }
+
+    fn log_level(mut self, level: LogLevel) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    fn plugin(mut self, plugin: &'a str) -> Self {
+        self.plugin = Some(plugin);
+        self
+    }
+
+    fn approval(mut self, approval: serde_json::Value) -> Self {
+        self.approval = Some(approval);
+        self
+    }
+}
+
+/// Anthropic's `error.type` for a status, as its API documents them; the SDKs pick their
+/// exception class by status, so this is for humans and for clients that switch on the type.
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 409 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
 }
 
 /// How a plugin failed, for its stable error code.
@@ -118,105 +234,154 @@ pub enum CallError {
     Chain(#[from] crate::chain::ChainError),
     #[error("internal error: {0}")]
     Internal(String),
-    /// The agent hung up before its answer (never sent; recorded in the audit).
-    #[error("the client closed the connection before the answer")]
+    /// The agent closed the connection before the call ended. Never reaches the agent (there
+    /// is no one to read it); it is what the audit and the metrics record for such a call.
+    #[error("the client closed the connection before the call ended")]
     ClientClosed,
-    /// A graceful shutdown ended the call after its drain time.
-    #[error("the gateway is shutting down; retry on another replica")]
+    /// A graceful shutdown cut the call (a stream past the drain deadline).
+    #[error("the gateway is shutting down and cut this call; retry it")]
     ShuttingDown,
 }
 
 impl CallError {
+    /// How this error is answered and logged: the one exhaustive map from error to response.
+    /// No arm is a wildcard, so a new variant does not compile until its row is decided here
+    /// (and in `docs/errors.md`, which the table test in `error_table` keeps honest).
+    pub fn spec(&self) -> ErrorSpec<'_> {
+        use Source::{Downstream, Internal, Plugin, Upstream};
+        let row = ErrorSpec::row;
+        match self {
+            CallError::BadRequest { code, .. } => {
+                row(400, code, Downstream, INVALID, rpc::INVALID_REQUEST)
+            }
+            CallError::PayloadTooLarge { .. } => row(
+                413,
+                "body_too_large",
+                Downstream,
+                INVALID,
+                rpc::INVALID_REQUEST,
+            ),
+            CallError::Unauthorized(_) => row(
+                401,
+                "invalid_api_key",
+                Downstream,
+                "authentication_error",
+                rpc::UNAUTHORIZED,
+            ),
+            CallError::NotFound { .. } => row(404, "not_found", Downstream, INVALID, rpc::REFUSED),
+            CallError::MethodNotAllowed { .. } => {
+                row(405, "method_not_allowed", Downstream, INVALID, rpc::REFUSED)
+            }
+            CallError::Forbidden(_) => row(403, "forbidden", Downstream, PERMISSION, rpc::REFUSED),
+            CallError::Conflict(_) => row(409, "conflict", Downstream, INVALID, rpc::REFUSED),
+            CallError::Chain(e) => row(400, e.code(), Downstream, INVALID, rpc::REFUSED),
+            CallError::Denied {
+                plugin,
+                status,
+                code,
+                ..
+            } => {
+                // The plugin picks the status; one outside the error range is a plugin bug,
+                // answered as the plain refusal it meant.
+                let status = match *status {
+                    400..=599 => *status,
+                    _ => 403,
+                };
+                let openai = match status {
+                    429 => RATE_LIMIT,
+                    500..=599 => SERVER,
+                    _ => PERMISSION,
+                };
+                row(status, code, Plugin, openai, rpc::REFUSED)
+                    .plugin(plugin)
+                    // A limit that may lift (a ledger that cannot be reached) is worth retrying;
+                    // a budget spent or a model refused is not, whatever the status says.
+                    .retryable(status == 503)
+            }
+            CallError::ApprovalRequired { plugin, .. } => {
+                row(403, "approval_required", Plugin, PERMISSION, rpc::REFUSED).plugin(plugin)
+            }
+            CallError::Approval(r) => row(403, r.status.code(), Plugin, PERMISSION, rpc::REFUSED)
+                .plugin(&r.plugin)
+                .approval(r.status.to_json()),
+            CallError::PluginFailed { plugin, fault } => {
+                row(500, fault.code(), Plugin, SERVER, rpc::INTERNAL_ERROR)
+                    .plugin(plugin)
+                    // A deadline or a full pool may pass; a trap, a memory cap or a failing
+                    // `init` will happen again on the same input.
+                    .retryable(matches!(
+                        fault,
+                        PluginFault::Timeout(_) | PluginFault::Unavailable(_)
+                    ))
+            }
+            CallError::UpstreamStatus { status, .. } => match *status {
+                // The agent's request was bad for the provider: say so with the same status.
+                s @ (400..=428 | 430..=499) => {
+                    row(s, "upstream_error", Upstream, UPSTREAM, rpc::REFUSED)
+                }
+                429 => {
+                    row(429, "upstream_error", Upstream, RATE_LIMIT, rpc::REFUSED).retryable(true)
+                }
+                _ => row(502, "upstream_error", Upstream, UPSTREAM, rpc::REFUSED).retryable(true),
+            },
+            CallError::UpstreamUnavailable { .. } => row(
+                502,
+                "upstream_unavailable",
+                Upstream,
+                UPSTREAM,
+                rpc::REFUSED,
+            )
+            .retryable(true),
+            CallError::UpstreamTimeout { .. } => {
+                row(504, "upstream_timeout", Upstream, UPSTREAM, rpc::REFUSED).retryable(true)
+            }
+            CallError::AuditUnavailable => {
+                row(503, "audit_unavailable", Internal, SERVER, rpc::REFUSED)
+                    .retryable(true)
+                    .log_level(LogLevel::Error)
+            }
+            CallError::Internal(_) => {
+                row(500, "internal_error", Internal, SERVER, rpc::INTERNAL_ERROR)
+                    .log_level(LogLevel::Error)
+            }
+            // Nobody reads this answer; the row exists for the audit and the metrics.
+            CallError::ClientClosed => row(499, "client_closed", Downstream, INVALID, rpc::REFUSED)
+                .log_level(LogLevel::Info),
+            // Another replica (or this one after its restart) will serve the same call.
+            CallError::ShuttingDown => row(503, "gateway_draining", Internal, SERVER, rpc::REFUSED)
+                .retryable(true)
+                .log_level(LogLevel::Info),
+        }
+    }
+
     /// Who caused it.
     pub fn source_kind(&self) -> Source {
-        match self {
-            CallError::BadRequest { .. }
-            | CallError::PayloadTooLarge { .. }
-            | CallError::Unauthorized(_)
-            | CallError::NotFound { .. }
-            | CallError::MethodNotAllowed { .. }
-            | CallError::Forbidden(_)
-            | CallError::Chain(_)
-            | CallError::Conflict(_) => Source::Downstream,
-            CallError::Denied { .. }
-            | CallError::ApprovalRequired { .. }
-            | CallError::Approval(_)
-            | CallError::PluginFailed { .. } => Source::Plugin,
-            CallError::UpstreamStatus { .. }
-            | CallError::UpstreamUnavailable { .. }
-            | CallError::UpstreamTimeout { .. } => Source::Upstream,
-            CallError::ClientClosed => Source::Downstream,
-            CallError::Internal(_) | CallError::AuditUnavailable | CallError::ShuttingDown => {
-                Source::Internal
-            }
-        }
+        self.spec().source
     }
 
     /// The HTTP status the agent gets.
     pub fn status(&self) -> u16 {
-        match self {
-            CallError::BadRequest { .. } => 400,
-            CallError::PayloadTooLarge { .. } => 413,
-            CallError::Unauthorized(_) => 401,
-            CallError::NotFound { .. } => 404,
-            CallError::MethodNotAllowed { .. } => 405,
-            CallError::Denied { status, .. } => match *status {
-                400..=599 => *status,
-                _ => 403,
-            },
-            CallError::ApprovalRequired { .. } | CallError::Approval(_) => 403,
-            CallError::PluginFailed { .. } => 500,
-            CallError::UpstreamStatus { status, .. } => match *status {
-                // The agent's request was bad for the provider: say so with the same status.
-                400..=428 | 430..=499 => *status,
-                429 => 429,
-                _ => 502,
-            },
-            CallError::UpstreamUnavailable { .. } => 502,
-            CallError::UpstreamTimeout { .. } => 504,
-            CallError::AuditUnavailable => 503,
-            CallError::Forbidden(_) => 403,
-            CallError::Conflict(_) => 409,
-            CallError::Chain(_) => 400,
-            CallError::Internal(_) => 500,
-            CallError::ClientClosed => 499,
-            CallError::ShuttingDown => 503,
-        }
+        self.spec().status
     }
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &str {
-        match self {
-            CallError::BadRequest { code, .. } => code,
-            CallError::PayloadTooLarge { .. } => "body_too_large",
-            CallError::Unauthorized(_) => "invalid_api_key",
-            CallError::NotFound { .. } => "not_found",
-            CallError::MethodNotAllowed { .. } => "method_not_allowed",
-            CallError::Denied { code, .. } => code,
-            CallError::ApprovalRequired { .. } => "approval_required",
-            CallError::Approval(r) => r.status.code(),
-            CallError::PluginFailed { fault, .. } => fault.code(),
-            CallError::UpstreamStatus { .. } => "upstream_error",
-            CallError::UpstreamUnavailable { .. } => "upstream_unavailable",
-            CallError::UpstreamTimeout { .. } => "upstream_timeout",
-            CallError::AuditUnavailable => "audit_unavailable",
-            CallError::Forbidden(_) => "forbidden",
-            CallError::Conflict(_) => "conflict",
-            CallError::Chain(e) => e.code(),
-            CallError::Internal(_) => "internal_error",
-            CallError::ClientClosed => "client_closed",
-            CallError::ShuttingDown => "gateway_draining",
-        }
+        self.spec().code
     }
 
     /// The plugin that decided or failed, if any.
     pub fn plugin(&self) -> Option<&str> {
-        match self {
-            CallError::Denied { plugin, .. }
-            | CallError::ApprovalRequired { plugin, .. }
-            | CallError::PluginFailed { plugin, .. } => Some(plugin),
-            CallError::Approval(r) => Some(&r.plugin),
-            _ => None,
+        self.spec().plugin
+    }
+
+    /// Log the error of one call at its level.
+    pub fn log(&self, request_id: &str) {
+        let code = self.code();
+        match self.spec().log_level {
+            LogLevel::Debug => tracing::debug!(request_id, code, "{self}"),
+            LogLevel::Info => tracing::info!(request_id, code, "{self}"),
+            LogLevel::Warn => tracing::warn!(request_id, code, "{self}"),
+            LogLevel::Error => tracing::error!(request_id, code, "{self}"),
         }
     }
 

@@ -17,6 +17,8 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
+#[cfg(test)]
+mod error_table;
 pub mod ledger;
 pub mod mcp;
 pub mod metrics;

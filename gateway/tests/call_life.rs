@@ -162,7 +162,6 @@ async fn hang_up(gw: &TestGateway, path: &str, body: &str, extra: &str, how: Han
         }
     }
     // Hang up hard.
-    let _ = s.set_linger(Some(Duration::ZERO));
     drop(s);
 }
 

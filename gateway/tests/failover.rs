@@ -720,3 +720,126 @@ targets = ["slow/fast-model"]
     assert_eq!(e["truncated"], true);
     assert_eq!(e["error_code"], "upstream_timeout", "{e}");
 }
+
+/// Append text to the gateway's config file (a comment is enough for a reload to happen).
+fn append_config(gw: &TestGateway, text: &str) {
+    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
+    config.push_str(text);
+    write_atomic(&gw.config_path(), config.as_bytes());
+}
+
+// Issue 14: a model string an agent made up created a breaker and metric series that were
+// never removed, and a reload made calls rebuild the provider clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_models_create_no_breaker_and_no_metric_series() {
+    let (sec, _) = mock();
+    let gw = gateway(refusing(), sec, "").await;
+    // Providers mock, primary, secondary; the route's two targets.
+    assert_eq!(gw.gw.breakers().len(), 5);
+    let call = |i: usize| {
+        let model = format!("made-up-{i}-{:016x}", rand_u64(i));
+        let gw = &gw;
+        async move {
+            let r = gw.chat(SUPPORT_KEY, &chat_body(&model, "hi")).await;
+            assert_eq!(r.status, 200, "{}", r.json);
+            assert_eq!(
+                provider(&r),
+                format!("mock/{model}"),
+                "the audit keeps the model"
+            );
+        }
+    };
+    for i in 0..10 {
+        call(i).await;
+    }
+    let series = metrics(&gw).await.lines().count();
+    for chunk in (10..1000).collect::<Vec<_>>().chunks(16) {
+        futures_util::future::join_all(chunk.iter().map(|i| call(*i))).await;
+    }
+    assert_eq!(gw.gw.breakers().len(), 5, "no breaker per model string");
+    let m = metrics(&gw).await;
+    assert_eq!(
+        m.lines().count(),
+        series,
+        "no series per model string:\n{m}"
+    );
+    assert!(!m.contains("made-up"), "{m}");
+    assert!(
+        m.contains("palisade_upstream_attempts_total{target=\"mock\",outcome=\"ok\"} 1000"),
+        "{m}"
+    );
+    let st = gw.status().await;
+    assert_eq!(st["breakers"].as_object().map(|b| b.len()), Some(5), "{st}");
+}
+
+/// A cheap, deterministic spread of bits (no RNG dependency in the tests).
+fn rand_u64(i: usize) -> u64 {
+    (i as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+// Issue 14: provider clients, MCP hub and breakers are built once per loaded config, at the
+// reload and not on a call; calls after it share them, and breakers keep their state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_builds_the_clients_once_and_keeps_breaker_state() {
+    let (sec, _) = mock();
+    let gw = gateway(
+        refusing(),
+        sec,
+        "[breaker]\nfailures = 1\nwindow_ms = 60000\nopen_ms = 60000\n",
+    )
+    .await;
+    // Open the primary's breaker: it refuses connections.
+    let r = gw.chat(SUPPORT_KEY, &chat_body("smart", "hi")).await;
+    assert_eq!(provider(&r), "secondary/backup-model");
+    assert_eq!(
+        gw.status().await["breakers"]["primary/fast-model"]["state"],
+        "open"
+    );
+    let rt = gw.gw.policy.current();
+    let (providers, hub) = (gw.gw.providers(&rt), gw.gw.hub(&rt));
+    assert_eq!(gw.gw.upstream_builds(), 1);
+
+    // A reload that changes no provider keeps the clients and the hub.
+    append_config(&gw, "\n# touched\n");
+    assert!(gw.gw.policy.reload().await.expect("reloads"));
+    assert_eq!(gw.gw.upstream_builds(), 2, "built by the reload");
+    let after = gw.gw.policy.current();
+    assert!(!Arc::ptr_eq(&rt, &after));
+    assert!(Arc::ptr_eq(&providers, &gw.gw.providers(&after)));
+    assert!(Arc::ptr_eq(&hub, &gw.gw.hub(&after)));
+    assert!(
+        Arc::ptr_eq(&providers, &gw.gw.providers(&rt)),
+        "the old snapshot keeps its own"
+    );
+
+    // One that adds a provider builds new clients, once, at the reload.
+    append_config(
+        &gw,
+        &format!("\n[[providers]]\nname = \"third\"\nbase_url = \"http://{sec}\"\n"),
+    );
+    assert!(gw.gw.policy.reload().await.expect("reloads"));
+    assert_eq!(gw.gw.upstream_builds(), 3);
+    let newest = gw.gw.policy.current();
+    let fresh = gw.gw.providers(&newest);
+    assert!(!Arc::ptr_eq(&providers, &fresh));
+    assert!(fresh.get("third").is_some());
+    assert!(
+        Arc::ptr_eq(&providers, &gw.gw.providers(&rt)),
+        "a call on the first snapshot still has its clients"
+    );
+    for _ in 0..20 {
+        let r = gw.chat(SUPPORT_KEY, &chat_body("third/m", "hi")).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    assert_eq!(gw.gw.upstream_builds(), 3, "no call built anything");
+    assert!(Arc::ptr_eq(
+        &fresh,
+        &gw.gw.providers(&gw.gw.policy.current())
+    ));
+    let st = gw.status().await;
+    assert_eq!(
+        st["breakers"]["primary/fast-model"]["state"], "open",
+        "the breaker of a target that still exists kept its state: {st}"
+    );
+    assert_eq!(st["breakers"]["third"]["state"], "closed", "{st}");
+}

@@ -58,9 +58,9 @@ pub async fn status(
             })
         })
         .collect();
-    // Every target seen so far, with its circuit breaker's state.
+    // Every configured target and provider, with its circuit breaker's state.
     let breakers: serde_json::Map<String, serde_json::Value> = gw
-        .breakers
+        .breakers()
         .all()
         .into_iter()
         .map(|(target, b)| {

@@ -3,13 +3,13 @@
 //! back in the caller's own format. Everything between sees the canonical format only.
 
 use bytes::Bytes;
-use http::{Response, StatusCode, header};
+use http::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::anthropic::{self, StreamEncoder};
-use crate::wire::errors::{json_response, openai_error, openai_error_json};
+use crate::wire::errors::{anthropic_error, json_response, openai_error, openai_error_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingress {
@@ -41,16 +41,7 @@ impl Ingress {
     pub fn error(self, e: &CallError, request_id: &str) -> Response<GatewayBody> {
         match self {
             Ingress::OpenAi => openai_error(e, request_id),
-            Ingress::Anthropic => {
-                let status =
-                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut r = json_response(status, anthropic::error_json(e).to_string());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
+            Ingress::Anthropic => anthropic_error(e, request_id),
         }
     }
 
@@ -91,7 +82,7 @@ impl Egress {
             Egress::OpenAi => {
                 Bytes::from(format!("data: {}\n\n", openai_error_json(e, request_id)))
             }
-            Egress::Anthropic(_) => StreamEncoder::error(e),
+            Egress::Anthropic(_) => StreamEncoder::error(e, request_id),
         }
     }
 }

@@ -115,7 +115,7 @@ async fn llm_call(
     };
     add_chain(&mut resp, token.as_deref());
     if let Some(e) = &error {
-        log_error(&request_id, e);
+        e.log(&request_id);
     }
     let Some(life) = life else { return resp };
     match life.finish(end).await {
@@ -124,15 +124,6 @@ async fn llm_call(
             ingress.error(&e, &request_id)
         }
         _ => resp,
-    }
-}
-
-fn log_error(request_id: &str, e: &CallError) {
-    use crate::error::Source;
-    match e.source_kind() {
-        Source::Downstream => tracing::debug!(request_id, code = e.code(), "{e}"),
-        Source::Plugin => tracing::info!(request_id, code = e.code(), "{e}"),
-        Source::Upstream | Source::Internal => tracing::warn!(request_id, code = e.code(), "{e}"),
     }
 }
 
@@ -255,11 +246,10 @@ async fn chat_inner(
     };
     // Step 5: upstream, failing over along the plan. Each dialect asks streams for usage, so
     // spend can be settled; the relay strips it where the agent did not ask for it.
-    let set = gw.providers(rt);
+    let up = gw.upstreams(rt);
     let ctx = failover::Ctx {
-        set: &set,
-        breakers: &gw.breakers,
-        breaker: rt.settings.breaker,
+        set: &up.providers,
+        breakers: &up.breakers,
         metrics: &gw.metrics,
     };
     // From here the provider may bill the call, answered or not.

@@ -727,7 +727,7 @@ async fn use_item(
                         )),
                     )
                 }
-                other => error(id, jsonrpc::INTERNAL_ERROR, other.to_string(), None),
+                other => jsonrpc::call_error(id, other).1,
             };
                     
             out.end(Some(session), Some(call), facts, Some(code));
@@ -831,10 +831,7 @@ async fn use_item(
             let r = refused(&code, tool_error(message));
             Err((code, r))
         }
-        Err(e) => Err((
-            e.code().to_string(),
-            error(id, jsonrpc::INTERNAL_ERROR, e.to_string(), None),
-        )),
+        Err(e) => Err((e.code().to_string(), jsonrpc::call_error(id, &e).1)),
     };
     match reply {
         Ok(r) => {

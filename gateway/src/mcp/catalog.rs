@@ -4,13 +4,12 @@
 //! its server. Lists are fetched through Palisade's own upstream session with each server and
 //! cached until the server announces a change (`notifications/*/list_changed`, see
 //! [`Changes`]), a stdio server restarts, a reload rebuilds the hub, or `[mcp] catalog_ttl_ms`
-//! passes. [`Hubs`] rebuilds the servers when a reload changes `[[mcp_servers]]`.
+//! passes. A reload that changes `[[mcp_servers]]` builds a new [`Hub`] (see `crate::app::Upstreams`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
 use super::changes::{Changes, Listing};
@@ -291,36 +290,6 @@ async fn list_server(server: &Server, l: Listing) -> Result<Vec<Value>, Upstream
         }
     }
     Ok(items)
-}
-
-/// The hub for the current config, rebuilt when a reload changes the MCP settings.
-pub struct Hubs {
-    current: ArcSwap<Hub>,
-    build: Mutex<()>,
-}
-
-impl Hubs {
-    pub fn new(settings: &McpSettings) -> Hubs {
-        Hubs {
-            current: ArcSwap::from_pointee(Hub::new(settings.clone())),
-            build: Mutex::new(()),
-        }
-    }
-
-    pub fn get(&self, settings: &McpSettings) -> Arc<Hub> {
-        let current = self.current.load_full();
-        if current.settings == *settings {
-            return current;
-        }
-        let _one = self.build.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current.load_full();
-        if current.settings == *settings {
-            return current;
-        }
-        let fresh = Arc::new(Hub::new(settings.clone()));
-        self.current.store(fresh.clone());
-        fresh
-    }
 }
 
 #[cfg(test)]

@@ -4,14 +4,14 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::error::CallError;
+use crate::error::{CallError, rpc};
 use crate::wire::GatewayBody;
 
 pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
+pub const INVALID_REQUEST: i64 = rpc::INVALID_REQUEST;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
-pub const INTERNAL_ERROR: i64 = -32603;
+pub const INTERNAL_ERROR: i64 = rpc::INTERNAL_ERROR;
 /// Resource not found (up to 2025-11-25; 2026-07-28 uses -32602).
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
 /// Session not found (the TS SDK's code; the spec fixes only the 404).
@@ -21,9 +21,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 /// 2026-07-28: unsupported protocol version (with `data.supported`).
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 /// Palisade's own codes, outside the reserved range: the agent key was refused.
-pub const UNAUTHORIZED: i64 = -31001;
+pub const UNAUTHORIZED: i64 = rpc::UNAUTHORIZED;
 /// The gateway cannot serve the call (audit log down, chain token refused, ...).
-pub const REFUSED: i64 = -31002;
+pub const REFUSED: i64 = rpc::REFUSED;
 
 pub fn error(id: &Value, code: i64, message: impl Into<String>, data: Option<Value>) -> Value {
     let mut e = json!({"code": code, "message": message.into()});
@@ -42,19 +42,21 @@ pub fn tool_error(text: impl Into<String>) -> Value {
     json!({"content": [{"type": "text", "text": text.into()}], "isError": true})
 }
 
-/// A gateway error (authentication, body limits, audit) as a JSON-RPC error with the HTTP
-/// status of [`CallError::status`] and the stable code in `data.code`.
+/// A gateway error as a JSON-RPC error, with the HTTP status, JSON-RPC code and stable code
+/// (in `data.code`, with `data.plugin` where one decided) of [`CallError::spec`].
 pub fn call_error(id: &Value, e: &CallError) -> (StatusCode, Value) {
-    let code = match e {
-        CallError::Unauthorized(_) => UNAUTHORIZED,
-        CallError::BadRequest { .. } | CallError::PayloadTooLarge { .. } => INVALID_REQUEST,
-        CallError::Internal(_) | CallError::PluginFailed { .. } => INTERNAL_ERROR,
-        _ => REFUSED,
-    };
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let spec = e.spec();
+    let status = StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut data = json!({"code": spec.code, "retryable": spec.retryable});
+    if let Some(plugin) = spec.plugin {
+        data["plugin"] = json!(plugin);
+    }
+    if let Some(approval) = spec.approval {
+        data["approval"] = approval;
+    }
     (
         status,
-        error(id, code, e.to_string(), Some(json!({"code": e.code()}))),
+        error(id, spec.jsonrpc_code, e.to_string(), Some(data)),
     )
 }
 

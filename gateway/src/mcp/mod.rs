@@ -38,7 +38,7 @@ use crate::wire::GatewayBody;
 use jsonrpc::{answer, call_error, error};
 use session::Session;
 
-pub use catalog::Hubs;
+pub use catalog::Hub;
 
 /// Handshake versions, newest first.
 pub const HANDSHAKE_VERSIONS: [&str; 2] = ["2025-11-25", "2025-06-18"];
@@ -152,7 +152,7 @@ async fn post(
     body: Incoming,
 ) -> Response<GatewayBody> {
     let rt = gw.policy.current();
-    let hub = gw.mcp.get(&rt.settings.mcp);
+    let hub = gw.hub(&rt);
     let sse = jsonrpc::wants_sse(&parts.headers);
     let agent = match authenticate(gw, &parts).await {
         Ok(a) => a,
@@ -497,7 +497,7 @@ fn initialize(
 /// `DELETE /mcp`: end the session and what Palisade holds upstream for it.
 async fn delete(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
     let rt = gw.policy.current();
-    let hub = gw.mcp.get(&rt.settings.mcp);
+    let hub = gw.hub(&rt);
     let agent = match authenticate(gw, &parts).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -528,7 +528,7 @@ const KEEPALIVE_TICKS: u32 = 15;
 /// server announces a change or a reload changes the servers. Ends with the session.
 async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
     let rt = gw.policy.current();
-    let mut hub = gw.mcp.get(&rt.settings.mcp);
+    let mut hub = gw.hub(&rt);
     let agent = match authenticate(gw, &parts).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -577,7 +577,7 @@ async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
                         return;
                     }
                     let rt = gw.policy.current();
-                    let now = gw.mcp.get(&rt.settings.mcp);
+                    let now = gw.hub(&rt);
                     if !Arc::ptr_eq(&now, &hub) {
                         // A reload changed the servers: every list may differ.
                         hub = now;

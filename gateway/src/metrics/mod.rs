@@ -15,8 +15,12 @@
 //! | `palisade_breaker_opened_total` | `target` |
 //! | `palisade_tokens_total` | `agent`, `provider`, `direction` |
 //! | `palisade_cost_micro_usd_total` | `agent`, `provider` |
+//!
+//! `target` and `provider` values are bounded by the config, never by what agents send: a
+//! target a route names, else its provider, else an MCP server, else `other` (see
+//! [`Metrics::set_known`]). A model string an agent made up adds no series.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -81,6 +85,8 @@ pub struct CallObservation<'a> {
 
 #[derive(Default)]
 pub struct Metrics {
+    /// The label values the config allows for `target` and `provider`.
+    known: arc_swap::ArcSwap<HashSet<String>>,
     requests: Family<u64>,
     duration: Family<Histogram>,
     upstream: Family<Histogram>,
@@ -92,6 +98,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The `target`/`provider` label values of the loaded config (breaker keys, MCP server
+    /// names); set at start and at each reload.
+    pub fn set_known(&self, labels: impl IntoIterator<Item = String>) {
+        self.known
+            .store(std::sync::Arc::new(labels.into_iter().collect()));
+    }
+
+    /// A label value the config knows: the name itself, else the provider part of
+    /// `provider/model`, else `other`.
+    fn bounded(&self, name: &str) -> String {
+        let known = self.known.load();
+        if known.contains(name) {
+            return name.to_string();
+        }
+        match name.split_once('/') {
+            Some((provider, _)) if known.contains(provider) => provider.to_string(),
+            _ => "other".to_string(),
+        }
+    }
+
     pub fn observe_call(&self, o: &CallObservation<'_>) {
         let kind = o.kind.to_string();
         self.requests.with(
@@ -105,6 +131,7 @@ impl Metrics {
         self.overhead
             .with(vec![("kind", kind)], |h| h.observe(overhead.as_secs_f64()));
         if let Some(p) = o.provider {
+            let p = &self.bounded(p);
             if !o.upstream.is_zero() {
                 self.upstream.with(vec![("provider", p.to_string())], |h| {
                     h.observe(o.upstream.as_secs_f64())
@@ -131,6 +158,7 @@ impl Metrics {
     /// One upstream attempt's outcome (`ok`, an error code, or `circuit_open`); every outcome
     /// but `ok` is also a failover away from the target.
     pub fn attempt(&self, target: &str, outcome: &str) {
+        let target = &self.bounded(target);
         self.attempts.with(
             vec![
                 ("target", target.to_string()),
@@ -290,6 +318,7 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_escapes_labels() {
         let m = Metrics::default();
+        m.set_known(["p/m".to_string(), "q".to_string()]);
         m.observe_call(&CallObservation {
             kind: "llm-call",
             status: 200,
@@ -320,5 +349,42 @@ mod tests {
             "palisade_tokens_total{agent=\"bot\\\"x\",provider=\"p/m\",direction=\"output\"} 7"
         ));
         assert!(text.contains("palisade_failovers_total{from=\"p/m\"} 1"));
+    }
+
+    #[test]
+    fn labels_are_bounded_by_the_config() {
+        let m = Metrics::default();
+        m.set_known(["mock".to_string(), "mock/m1".to_string()]);
+        for (i, model) in ["mock/m1", "mock/x1", "mock/x2", "ghost/x", "plain"]
+            .iter()
+            .enumerate()
+        {
+            m.attempt(model, "ok");
+            m.observe_call(&CallObservation {
+                kind: "llm-call",
+                status: 200,
+                agent: Some("a"),
+                provider: Some(model),
+                total: Duration::from_millis(i as u64),
+                upstream: Duration::from_millis(1),
+                input_tokens: 1,
+                output_tokens: 1,
+                cost_micro_usd: 1,
+            });
+        }
+        let text = m.render(&Breakers::default());
+        assert!(
+            text.contains("palisade_upstream_attempts_total{target=\"mock/m1\",outcome=\"ok\"} 1")
+        );
+        assert!(
+            text.contains("palisade_upstream_attempts_total{target=\"mock\",outcome=\"ok\"} 2")
+        );
+        assert!(
+            text.contains("palisade_upstream_attempts_total{target=\"other\",outcome=\"ok\"} 2")
+        );
+        assert!(
+            !text.contains("x1") && !text.contains("ghost") && !text.contains("plain"),
+            "{text}"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -39,6 +39,11 @@ pub enum ReloadError {
     #[error("{0}")]
     Engine(String),
 }
+
+/// Called with each new runtime just before it is swapped in. The gateway builds there what it
+/// derives from a config (provider clients, the MCP hub, breakers), so that is done once per
+/// runtime, off the request path, and ready before the first call can see the runtime.
+pub type Prepare = Box<dyn Fn(&Arc<Runtime>) + Send + Sync>;
 
 /// The last reload, for `/admin/status`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -96,6 +101,7 @@ pub struct Policy {
     reloading: tokio::sync::Mutex<()>,
     /// Every reload that changed something or failed, for followers (registry sync, audit).
     events: tokio::sync::watch::Sender<ReloadStatus>,
+    prepare: OnceLock<Prepare>,
 }
 
 fn fingerprint(config_text: &str, digests: &[String]) -> String {
@@ -140,6 +146,7 @@ impl Policy {
             status: Mutex::new(status),
             config_path: config_path.to_path_buf(),
             reloading: tokio::sync::Mutex::new(()),
+            prepare: OnceLock::new(),
         }))
     }
 
@@ -153,6 +160,12 @@ impl Policy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Set, once, what runs on each new runtime before it is swapped in; `false` if one was
+    /// already set.
+    pub fn set_prepare(&self, prepare: Prepare) -> bool {
+        self.prepare.set(prepare).is_ok()
     }
 
     /// Follow reloads: the receiver sees each reload that swapped or failed.
@@ -236,7 +249,11 @@ impl Policy {
             &text,
         )
         .await?;
-        self.current.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        if let Some(prepare) = self.prepare.get() {
+            prepare(&runtime);
+        }
+        self.current.store(runtime);
         Ok(true)
     }
 

@@ -149,9 +149,6 @@ impl Provider {
 /// Whether an upstream error should move the call to the next target (and counts against the
 /// target's breaker): connect errors, timeouts, 429 and 5xx. Other 4xx are the request's fault.
 pub fn retryable(e: &CallError) -> bool {
-    match e {
-        CallError::UpstreamUnavailable { .. } | CallError::UpstreamTimeout { .. } => true,
-        CallError::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
-        _ => false,
-    }
+    let spec = e.spec();
+    spec.source == crate::error::Source::Upstream && spec.retryable
 }

@@ -17,20 +17,19 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::breaker::{Admit, Breakers};
+use super::breaker::Breakers;
 use super::chunks::ChunkStream;
 use super::client::{Provider, retryable};
-use super::config::{BreakerSettings, Target};
+use super::config::Target;
 use super::dialect::TranslateError;
 use super::routes::{Plan, ProviderSet};
 use crate::error::CallError;
 use crate::metrics::Metrics;
 
-/// What failover needs from the gateway.
+/// What failover needs from the gateway: the call's snapshot's clients and breakers.
 pub struct Ctx<'a> {
     pub set: &'a ProviderSet,
     pub breakers: &'a Breakers,
-    pub breaker: BreakerSettings,
     pub metrics: &'a Metrics,
 }
 
@@ -101,31 +100,34 @@ pub async fn run(
                 upstream_time,
             ));
         };
-        let breaker = ctx.breakers.get(&name, ctx.breaker);
-        let admit = breaker.admit();
-        if admit == Admit::No {
-            ctx.metrics.attempt(&name, "circuit_open");
+        // Metrics go by the breaker's key, bounded by the config: a model string an agent
+        // made up is labelled with its provider.
+        let Some((label, breaker)) = ctx.breakers.get(target) else {
+            return Err(fail(
+                CallError::Internal(format!("target {name} names a provider with no breaker")),
+                attempts,
+                upstream_time,
+            ));
+        };
+        // Dropped on any path without a verdict (deadline, encoding error, the call's future
+        // dropped mid-attempt), the permit frees a probe slot it held.
+        let Some(permit) = breaker.admit() else {
+            ctx.metrics.attempt(label, "circuit_open");
             attempts.push(Attempt {
                 target: name,
                 outcome: "circuit_open".into(),
             });
             continue;
-        }
+        };
         if tried[idx] > 0 {
             let wait = backoff(plan.backoff, tried[idx]);
             if Instant::now() + wait >= deadline {
-                if admit == Admit::Probe {
-                    breaker.release_probe();
-                }
                 break;
             }
             tokio::time::sleep(wait).await;
         }
         let now = Instant::now();
         if now >= deadline {
-            if admit == Admit::Probe {
-                breaker.release_probe();
-            }
             break;
         }
         tried[idx] += 1;
@@ -136,20 +138,15 @@ pub async fn run(
             .encode_request(canonical, &target.model)
         {
             Ok(o) => o,
-            Err(e) => {
-                if admit == Admit::Probe {
-                    breaker.release_probe();
-                }
-                return Err(fail(translate_error(e), attempts, upstream_time));
-            }
+            Err(e) => return Err(fail(translate_error(e), attempts, upstream_time)),
         };
         let t0 = Instant::now();
         let result = attempt(provider, target, out, stream, deadline - now).await;
         upstream_time += t0.elapsed();
         match result {
             Ok(answer) => {
-                breaker.success();
-                ctx.metrics.attempt(&name, "ok");
+                permit.success();
+                ctx.metrics.attempt(label, "ok");
                 return Ok(Served {
                     target: target.clone(),
                     provider: provider.clone(),
@@ -159,8 +156,8 @@ pub async fn run(
                 });
             }
             Err(e) if retryable(&e) => {
-                breaker.failure();
-                ctx.metrics.attempt(&name, e.code());
+                permit.failure();
+                ctx.metrics.attempt(label, e.code());
                 tracing::info!(target = %name, code = e.code(), "target failed, failing over: {e}");
                 attempts.push(Attempt {
                     target: name,
@@ -170,8 +167,8 @@ pub async fn run(
             }
             Err(e) => {
                 // The target answered; the request was the problem.
-                breaker.success();
-                ctx.metrics.attempt(&name, e.code());
+                permit.success();
+                ctx.metrics.attempt(label, e.code());
                 return Err(fail(e, attempts, upstream_time));
             }
         }

@@ -119,7 +119,7 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
             Err(e) => openai_error(&e, &request_id),
         },
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(GatewayBody::full(gw.metrics.render(&gw.breakers)));
+            let mut r = Response::new(GatewayBody::full(gw.metrics.render(&gw.breakers())));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

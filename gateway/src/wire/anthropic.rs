@@ -349,20 +349,6 @@ fn message_id(id: Option<&Value>) -> String {
     }
 }
 
-/// An error as Anthropic's `error.type`, by status.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        400 | 405 | 409 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
 /// Which Anthropic block is open in the stream.
 #[derive(PartialEq)]
 enum Block {
@@ -511,14 +497,12 @@ impl StreamEncoder {
     }
 
     /// An `error` event (the stream then ends without `message_stop`).
-    pub fn error(e: &CallError) -> Bytes {
-        sse("error", &error_json(e))
+    pub fn error(e: &CallError, request_id: &str) -> Bytes {
+        sse(
+            "error",
+            &crate::wire::errors::anthropic_error_json(e, request_id),
+        )
     }
-}
-
-/// An error in Anthropic's shape.
-pub fn error_json(e: &CallError) -> Value {
-    json!({"type": "error", "error": {"type": error_type(e.status()), "message": e.to_string()}})
 }
 
 #[cfg(test)]
