@@ -357,7 +357,7 @@ impl Store {
         let owned_id = id.to_string();
         self.detached(move |store| async move {
             let id = owned_id.as_str();
-            Ok(on_pool!(store, |pool| {
+            on_pool!(store, |pool| {
                 let mut tx = pool.begin_exclusive().await?;
                 let row: Option<AgentRow> = sqlx::query_as(&select)
                     .bind(id)
@@ -401,7 +401,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-            }))
+            });
+            Ok(())
         })
         .await?;
         self.get_agent(id).await

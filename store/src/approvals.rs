@@ -723,7 +723,7 @@ impl Store {
         let stored = groups.clone();
         self.detached(move |store| async move {
             let (user_id, groups) = (owned_user_id.as_str(), stored);
-            Ok(on_pool!(store, |pool| {
+            on_pool!(store, |pool| {
                 let mut tx = pool.begin_write().await?;
                 sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
                     .bind(user_id)
@@ -737,7 +737,8 @@ impl Store {
                         .await?;
                 }
                 tx.commit().await?;
-            }))
+            });
+            Ok(())
         })
         .await?;
         Ok(groups)

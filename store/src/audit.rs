@@ -480,7 +480,7 @@ async fn insert_chained(
             prev.clone_from(&row.hash);
         }
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut qb = builder(pool, &insert);
+            let mut qb = builder(pool, insert);
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(r.seq)
                     .push_bind(r.time_ms)

@@ -203,7 +203,7 @@ impl Store {
             (key.id.clone(), key.prefix.clone(), hash_secret(&key.secret));
         self.detached(move |store| async move {
             let (agent_id, old_key_id) = (agent_id.as_str(), old_key_id.as_str());
-            Ok(on_pool!(store, |pool| {
+            on_pool!(store, |pool| {
                 let mut tx = pool.begin_exclusive().await?;
                 let old: Option<Option<i64>> = sqlx::query_scalar(
                     "SELECT revoked_at FROM agent_keys WHERE id = $1 AND agent_id = $2",
@@ -237,7 +237,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-            }))
+            });
+            Ok(())
         })
         .await?;
         Ok(key)
