@@ -103,11 +103,16 @@ impl Gateway {
             suspended = report.suspended.len(),
             "config agents synced"
         );
-        let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
+        let metrics = Metrics::default();
+        let audit = AuditSink::start(
+            store.clone(),
+            rt.settings.audit.clone(),
+            metrics.audit_quarantined(),
+        );
         let gw = Arc::new(Gateway {
             providers: ArcSwap::from_pointee(ProviderSet::new(rt.settings.provider_list())),
             breakers: Breakers::default(),
-            metrics: Metrics::default(),
+            metrics,
             mcp: crate::mcp::Hubs::new(&rt.settings.mcp),
             policy,
             approvals: crate::approvals::Gate::new(store.clone()),

@@ -15,10 +15,12 @@
 //! | `palisade_breaker_opened_total` | `target` |
 //! | `palisade_tokens_total` | `agent`, `provider`, `direction` |
 //! | `palisade_cost_micro_usd_total` | `agent`, `provider` |
+//! | `palisade_audit_quarantined_total` | (none) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::providers::breaker::Breakers;
@@ -89,9 +91,17 @@ pub struct Metrics {
     failovers: Family<u64>,
     tokens: Family<u64>,
     cost: Family<u64>,
+    /// Shared with the audit writer, which counts into it (it has no handle on `Metrics`).
+    audit_quarantined: Arc<AtomicU64>,
 }
 
 impl Metrics {
+    /// The counter behind `palisade_audit_quarantined_total`, for the audit writer to count
+    /// each event the database refused and the dead-letter table took.
+    pub fn audit_quarantined(&self) -> Arc<AtomicU64> {
+        self.audit_quarantined.clone()
+    }
+
     pub fn observe_call(&self, o: &CallObservation<'_>) {
         let kind = o.kind.to_string();
         self.requests.with(
@@ -224,6 +234,17 @@ impl Metrics {
             "Cost in micro-USD by agent and serving target.",
             &self.cost,
         );
+        header(
+            &mut out,
+            "palisade_audit_quarantined_total",
+            "Audit events the database refused, kept in the audit_dead_letter table instead.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "palisade_audit_quarantined_total {}",
+            self.audit_quarantined.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -320,5 +341,11 @@ mod tests {
             "palisade_tokens_total{agent=\"bot\\\"x\",provider=\"p/m\",direction=\"output\"} 7"
         ));
         assert!(text.contains("palisade_failovers_total{from=\"p/m\"} 1"));
+        m.audit_quarantined().fetch_add(2, Ordering::Relaxed);
+        let text = m.render(&Breakers::default());
+        assert!(
+            text.contains("\npalisade_audit_quarantined_total 2\n"),
+            "{text}"
+        );
     }
 }
