@@ -113,8 +113,12 @@ impl Gateway {
             suspended = report.suspended.len(),
             "config agents synced"
         );
-        let audit = AuditSink::start(store.clone(), rt.settings.audit.clone());
         let metrics = Metrics::default();
+        let audit = AuditSink::start(
+            store.clone(),
+            rt.settings.audit.clone(),
+            metrics.audit_quarantined(),
+        );
         let first = Upstreams::build(&rt.settings, None);
         metrics.set_known(first.labels(&rt.settings));
         let gw = Arc::new(Gateway {

@@ -681,3 +681,105 @@ async fn sync_durability_survives_sigkill(db: Db) {
     let _ = std::fs::remove_dir_all(dir);
 }
 both_backends!(sync_durability_survives_sigkill);
+
+/// Issue 14: a NUL or another control character in an agent-chosen name (the model, an MCP
+/// tool, prompt or resource) is a clear 400 / JSON-RPC invalid-params error naming the field,
+/// never poison for the audit log: the refusals are audited (the name stored with its NUL
+/// replaced), the next call is 200, the chain verifies and `/admin/status` says the audit is
+/// healthy with nothing quarantined.
+async fn control_characters_in_names_are_refused_and_the_audit_stays_healthy(db: Db) {
+    let desk = "[[mcp_servers]]\nname = \"desk\"\ntransport = \"http\"\nurl = \"{mock}/mcp\"\n";
+    let gw = TestGateway::start_full(db, &["model-allow"], MODEL_ALLOW, false, desk).await;
+    let r = gw
+        .chat(SUPPORT_KEY, &chat_body("gpt-4o-mini\u{0}", "hi"))
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"), "{}", r.json);
+    assert!(r.message().contains("`model`"), "{}", r.json);
+    let long = gw
+        .chat(SUPPORT_KEY, &chat_body(&"m".repeat(257), "hi"))
+        .await;
+    assert_eq!((long.status, long.code()), (400, "invalid_request"));
+    // The Anthropic face converts to the same canonical body, so the same check refuses it.
+    let body = json!({"model": "claude\u{1b}[2J", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let (s, _, b) = gw
+        .request(
+            "POST",
+            "/v1/messages",
+            Some(SUPPORT_KEY),
+            body.to_string().into(),
+        )
+        .await;
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&b).contains("`model`"));
+
+    // MCP, in a session (the stateless revision wants the name in an `Mcp-Name` header, where
+    // a NUL cannot even travel).
+    let mcp = |method: &str, params: Value, sid: Option<String>| {
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        let gw = &gw;
+        async move {
+            let mut h = vec![
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2025-11-25"),
+            ];
+            if let Some(sid) = &sid {
+                h.push(("mcp-session-id", sid.as_str()));
+            }
+            let (s, headers, b) = gw
+                .request_with(
+                    "POST",
+                    "/mcp",
+                    Some(SUPPORT_KEY),
+                    body.to_string().into(),
+                    &h,
+                )
+                .await;
+            let sid = headers
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                s,
+                sid,
+                serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let init = json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                      "clientInfo": {"name": "test", "version": "0"}});
+    let (s, sid, v) = mcp("initialize", init, None).await;
+    assert_eq!(s, 200, "{v}");
+    for (method, params, field) in [
+        (
+            "tools/call",
+            json!({"name": "desk__crm_query\u{0}", "arguments": {}}),
+            "`name`",
+        ),
+        ("prompts/get", json!({"name": "desk__reply\u{7}"}), "`name`"),
+        (
+            "resources/read",
+            json!({"uri": "desk+desk://policies/\u{0}"}),
+            "`uri`",
+        ),
+    ] {
+        let (s, _, v) = mcp(method, params, sid.clone()).await;
+        assert_eq!(s, 200, "{method}: {v}");
+        assert_eq!(v["error"]["code"], -32602, "{method}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(field), "{method}: {v}");
+    }
+
+    let ok = gw
+        .chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "after"))
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    gw.gw.audit.flush().await.expect("audit flushed");
+    let status = gw.status().await;
+    assert_eq!(status["audit"]["healthy"], true, "{status}");
+    assert_eq!(status["audit"]["quarantined"], 0, "{status}");
+    assert_eq!(verify(&gw).await["ok"], true);
+    let (_, text) = export(&gw, ADMIN_TOKEN, "format=jsonl").await;
+    assert!(text.contains("desk__crm_query\u{FFFD}"), "{text}");
+    assert!(!text.contains("\\u0000"), "{text}");
+}
+both_backends!(control_characters_in_names_are_refused_and_the_audit_stays_healthy);

@@ -354,51 +354,57 @@ impl Store {
     pub async fn update_agent(&self, id: &str, update: AgentUpdate) -> Result<Agent, StoreError> {
         let select = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
         let now = now_ms();
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_exclusive().await?;
-            let row: Option<AgentRow> = sqlx::query_as(&select)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let current = row
-                .ok_or_else(|| StoreError::not_found("agent", id))?
-                .into_agent()?;
-            if current.source == AgentSource::Config {
-                return Err(StoreError::conflict(
-                    "agent",
-                    id,
-                    "is declared in the config file; change it there",
-                ));
-            }
-            let merged = normalize(NewAgent {
-                id: current.id,
-                name: update.name.unwrap_or(current.name),
-                owner: update.owner.unwrap_or(current.owner),
-                team: update.team.unwrap_or(current.team),
-                description: update.description.unwrap_or(current.description),
-                purpose: update.purpose.unwrap_or(current.purpose),
-                labels: update.labels.unwrap_or(current.labels),
-                models: update.models.unwrap_or(current.models),
-                tools: update.tools.unwrap_or(current.tools),
-                budgets: update.budgets.unwrap_or(current.budgets),
-            })?;
-            sqlx::query(UPDATE_AGENT_FIELDS)
-                .bind(&merged.id)
-                .bind(&merged.name)
-                .bind(&merged.owner)
-                .bind(&merged.team)
-                .bind(&merged.description)
-                .bind(&merged.purpose)
-                .bind(Json(&merged.labels))
-                .bind(Json(&merged.models))
-                .bind(Json(&merged.tools))
-                .bind(Json(&merged.budgets))
-                .bind(current.status.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
+        let owned_id = id.to_string();
+        self.detached(move |store| async move {
+            let id = owned_id.as_str();
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                let row: Option<AgentRow> = sqlx::query_as(&select)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let current = row
+                    .ok_or_else(|| StoreError::not_found("agent", id))?
+                    .into_agent()?;
+                if current.source == AgentSource::Config {
+                    return Err(StoreError::conflict(
+                        "agent",
+                        id,
+                        "is declared in the config file; change it there",
+                    ));
+                }
+                let merged = normalize(NewAgent {
+                    id: current.id,
+                    name: update.name.unwrap_or(current.name),
+                    owner: update.owner.unwrap_or(current.owner),
+                    team: update.team.unwrap_or(current.team),
+                    description: update.description.unwrap_or(current.description),
+                    purpose: update.purpose.unwrap_or(current.purpose),
+                    labels: update.labels.unwrap_or(current.labels),
+                    models: update.models.unwrap_or(current.models),
+                    tools: update.tools.unwrap_or(current.tools),
+                    budgets: update.budgets.unwrap_or(current.budgets),
+                })?;
+                sqlx::query(UPDATE_AGENT_FIELDS)
+                    .bind(&merged.id)
+                    .bind(&merged.name)
+                    .bind(&merged.owner)
+                    .bind(&merged.team)
+                    .bind(&merged.description)
+                    .bind(&merged.purpose)
+                    .bind(Json(&merged.labels))
+                    .bind(Json(&merged.models))
+                    .bind(Json(&merged.tools))
+                    .bind(Json(&merged.budgets))
+                    .bind(current.status.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
         self.get_agent(id).await
     }
 
@@ -407,10 +413,12 @@ impl Store {
     pub async fn touch_last_seen(&self, agent_id: &str, at: i64) -> Result<(), StoreError> {
         let sql = "UPDATE agents SET last_seen_at = $1 \
                    WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)";
+        // The id comes from an audit event; PostgreSQL would refuse a NUL even in a WHERE.
+        let agent_id = crate::safe::text(agent_id);
         on_pool!(self, |pool| {
             sqlx::query(sql)
                 .bind(at)
-                .bind(agent_id)
+                .bind(&*agent_id)
                 .execute(pool)
                 .await?;
         });
@@ -462,142 +470,148 @@ impl Store {
         let select = format!("SELECT {AGENT_COLUMNS} FROM agents");
         let now = now_ms();
         let mut report = SyncReport::default();
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_exclusive().await?;
-            let rows: Vec<AgentRow> = sqlx::query_as(&select).fetch_all(&mut *tx).await?;
-            let mut stored: HashMap<String, AgentRow> =
-                rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        self.detached(move |store| async move {
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                let rows: Vec<AgentRow> = sqlx::query_as(&select).fetch_all(&mut *tx).await?;
+                let mut stored: HashMap<String, AgentRow> =
+                    rows.into_iter().map(|r| (r.id.clone(), r)).collect();
 
-            for (a, hashes) in &agents {
-                match stored.remove(&a.id) {
-                    None => {
-                        sqlx::query(INSERT_AGENT)
-                            .bind(&a.id)
-                            .bind(&a.name)
-                            .bind(&a.owner)
-                            .bind(&a.team)
-                            .bind(&a.description)
-                            .bind(&a.purpose)
-                            .bind(AgentStatus::Active.as_str())
-                            .bind(Json(&a.labels))
-                            .bind(Json(&a.models))
-                            .bind(Json(&a.tools))
-                            .bind(Json(&a.budgets))
-                            .bind(AgentSource::Config.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                        report.created.push(a.id.clone());
-                    }
-                    Some(row) if row.source != AgentSource::Config.as_str() => {
-                        tracing::warn!(
-                            agent = %a.id,
-                            "config declares an agent created through the API; left as it is"
-                        );
-                        report.skipped.push(a.id.clone());
-                        continue;
-                    }
-                    Some(row) => {
-                        if row.removed_from_config || !row.same_fields(a) {
-                            let status = if row.removed_from_config {
-                                AgentStatus::Active.as_str()
-                            } else {
-                                row.status.as_str()
-                            };
-                            sqlx::query(UPDATE_AGENT_FIELDS)
+                for (a, hashes) in &agents {
+                    match stored.remove(&a.id) {
+                        None => {
+                            sqlx::query(INSERT_AGENT)
                                 .bind(&a.id)
                                 .bind(&a.name)
                                 .bind(&a.owner)
                                 .bind(&a.team)
                                 .bind(&a.description)
                                 .bind(&a.purpose)
+                                .bind(AgentStatus::Active.as_str())
                                 .bind(Json(&a.labels))
                                 .bind(Json(&a.models))
                                 .bind(Json(&a.tools))
                                 .bind(Json(&a.budgets))
-                                .bind(status)
+                                .bind(AgentSource::Config.as_str())
                                 .bind(now)
                                 .execute(&mut *tx)
                                 .await?;
-                            if row.removed_from_config {
-                                report.reactivated.push(a.id.clone());
+                            report.created.push(a.id.clone());
+                        }
+                        Some(row) if row.source != AgentSource::Config.as_str() => {
+                            tracing::warn!(
+                                agent = %a.id,
+                                "config declares an agent created through the API; left as it is"
+                            );
+                            report.skipped.push(a.id.clone());
+                            continue;
+                        }
+                        Some(row) => {
+                            if row.removed_from_config || !row.same_fields(a) {
+                                let status = if row.removed_from_config {
+                                    AgentStatus::Active.as_str()
+                                } else {
+                                    row.status.as_str()
+                                };
+                                sqlx::query(UPDATE_AGENT_FIELDS)
+                                    .bind(&a.id)
+                                    .bind(&a.name)
+                                    .bind(&a.owner)
+                                    .bind(&a.team)
+                                    .bind(&a.description)
+                                    .bind(&a.purpose)
+                                    .bind(Json(&a.labels))
+                                    .bind(Json(&a.models))
+                                    .bind(Json(&a.tools))
+                                    .bind(Json(&a.budgets))
+                                    .bind(status)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                if row.removed_from_config {
+                                    report.reactivated.push(a.id.clone());
+                                }
+                                if !row.same_fields(a) {
+                                    report.updated.push(a.id.clone());
+                                }
                             }
-                            if !row.same_fields(a) {
-                                report.updated.push(a.id.clone());
-                            }
+                        }
+                    }
+
+                    // The agent's keys: (id, agent, hash, source, revoked at).
+                    let keys: Vec<(String, String, String, String, Option<i64>)> = sqlx::query_as(
+                        "SELECT id, agent_id, key_hash, source, revoked_at FROM agent_keys \
+                             WHERE agent_id = $1",
+                    )
+                    .bind(&a.id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for h in hashes {
+                        if keys.iter().any(|k| &k.2 == h) {
+                            continue;
+                        }
+                        let owner: Option<String> = sqlx::query_scalar(
+                            "SELECT agent_id FROM agent_keys WHERE key_hash = $1",
+                        )
+                        .bind(h)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(other) = owner {
+                            return Err(StoreError::conflict(
+                                "agent",
+                                a.id.clone(),
+                                format!(
+                                    "a declared key_sha256 is already a key of agent {other:?}"
+                                ),
+                            ));
+                        }
+                        sqlx::query(
+                            "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, source, \
+                                 created_at) VALUES ($1, $2, $3, $4, 'config', $5)",
+                        )
+                        .bind(new_id("key_"))
+                        .bind(&a.id)
+                        .bind(h)
+                        .bind(format!("sha256:{}", display_prefix(h)))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        report.keys_added += 1;
+                    }
+                    for (key_id, _, hash, source, revoked_at) in &keys {
+                        let live = revoked_at.is_none_or(|t| t > now);
+                        if source == "config" && live && !hashes.contains(hash) {
+                            sqlx::query("UPDATE agent_keys SET revoked_at = $1 WHERE id = $2")
+                                .bind(now)
+                                .bind(key_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            report.keys_revoked += 1;
                         }
                     }
                 }
 
-                // The agent's keys: (id, agent, hash, source, revoked at).
-                let keys: Vec<(String, String, String, String, Option<i64>)> = sqlx::query_as(
-                    "SELECT id, agent_id, key_hash, source, revoked_at FROM agent_keys \
-                     WHERE agent_id = $1",
-                )
-                .bind(&a.id)
-                .fetch_all(&mut *tx)
-                .await?;
-                for h in hashes {
-                    if keys.iter().any(|k| &k.2 == h) {
-                        continue;
-                    }
-                    let owner: Option<String> =
-                        sqlx::query_scalar("SELECT agent_id FROM agent_keys WHERE key_hash = $1")
-                            .bind(h)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if let Some(other) = owner {
-                        return Err(StoreError::conflict(
-                            "agent",
-                            a.id.clone(),
-                            format!("a declared key_sha256 is already a key of agent {other:?}"),
-                        ));
-                    }
+                // Whatever config agents are left were not declared: suspend them.
+                let mut gone: Vec<&AgentRow> = stored
+                    .values()
+                    .filter(|r| r.source == AgentSource::Config.as_str() && !r.removed_from_config)
+                    .collect();
+                gone.sort_by(|a, b| a.id.cmp(&b.id));
+                for row in gone {
                     sqlx::query(
-                        "INSERT INTO agent_keys (id, agent_id, key_hash, prefix, source, \
-                         created_at) VALUES ($1, $2, $3, $4, 'config', $5)",
+                        "UPDATE agents SET status = 'suspended', removed_from_config = TRUE, \
+                             updated_at = $1 WHERE id = $2",
                     )
-                    .bind(new_id("key_"))
-                    .bind(&a.id)
-                    .bind(h)
-                    .bind(format!("sha256:{}", display_prefix(h)))
                     .bind(now)
+                    .bind(&row.id)
                     .execute(&mut *tx)
                     .await?;
-                    report.keys_added += 1;
+                    report.suspended.push(row.id.clone());
                 }
-                for (key_id, _, hash, source, revoked_at) in &keys {
-                    let live = revoked_at.is_none_or(|t| t > now);
-                    if source == "config" && live && !hashes.contains(hash) {
-                        sqlx::query("UPDATE agent_keys SET revoked_at = $1 WHERE id = $2")
-                            .bind(now)
-                            .bind(key_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        report.keys_revoked += 1;
-                    }
-                }
-            }
-
-            // Whatever config agents are left were not declared: suspend them.
-            let mut gone: Vec<&AgentRow> = stored
-                .values()
-                .filter(|r| r.source == AgentSource::Config.as_str() && !r.removed_from_config)
-                .collect();
-            gone.sort_by(|a, b| a.id.cmp(&b.id));
-            for row in gone {
-                sqlx::query(
-                    "UPDATE agents SET status = 'suspended', removed_from_config = TRUE, \
-                     updated_at = $1 WHERE id = $2",
-                )
-                .bind(now)
-                .bind(&row.id)
-                .execute(&mut *tx)
-                .await?;
-                report.suspended.push(row.id.clone());
-            }
-            tx.commit().await?;
-        });
-        Ok(report)
+                tx.commit().await?;
+            });
+            Ok(report)
+        })
+        .await
     }
 }

@@ -336,6 +336,47 @@ macro_rules! load_votes {
     }};
 }
 
+/// `new` with every string made storable ([`crate::safe`]): the target, arguments and summary
+/// come from the agent's call.
+fn safe_approval(new: &NewApproval) -> NewApproval {
+    let mut new = new.clone();
+    let NewApproval {
+        fingerprint,
+        agent_id,
+        owner,
+        team,
+        kind,
+        target,
+        arguments,
+        arguments_sha256,
+        plugin,
+        rule,
+        summary,
+        group,
+        approvals_needed: _,
+        ttl_ms: _,
+        request_id,
+    } = &mut new;
+    for s in [
+        fingerprint,
+        agent_id,
+        owner,
+        team,
+        kind,
+        target,
+        arguments,
+        arguments_sha256,
+        plugin,
+        rule,
+        summary,
+        group,
+        request_id,
+    ] {
+        crate::safe::text_mut(s);
+    }
+    new
+}
+
 impl Store {
     /// Find the record an identical call attaches to, or open a new pending one. Runs in one
     /// exclusive transaction, so concurrent identical holds attach to the same record.
@@ -350,56 +391,62 @@ impl Store {
             "SELECT {COLUMNS} FROM approvals WHERE fingerprint = $1 \
              ORDER BY created_at DESC, id DESC LIMIT 1"
         );
-        let (id, created) = on_pool!(self, |pool| {
-            let mut tx = pool.begin_exclusive().await?;
-            expire_due!(&mut *tx, now, "fingerprint" = &new.fingerprint)?;
-            let latest: Option<Row> = sqlx::query_as(&latest_sql)
-                .bind(&new.fingerprint)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let found = match latest {
-                Some(r) if r.state == "expired" && !r.expiry_told => {
-                    // This retry is the one told of the expiry; the next one opens anew.
-                    sqlx::query("UPDATE approvals SET expiry_told = TRUE WHERE id = $1")
-                        .bind(&r.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    Some(r.id)
-                }
-                Some(r) if r.state == "expired" => None,
-                Some(r) => Some(r.id),
-                None => None,
-            };
-            let out = match found {
-                Some(id) => (id, false),
-                None => {
-                    let id = new_id("apr_");
-                    sqlx::query(INSERT)
-                        .bind(&id)
+        let new = safe_approval(new);
+        let (id, created) = self
+            .detached(move |store| async move {
+                let new = &new;
+                Ok(on_pool!(store, |pool| {
+                    let mut tx = pool.begin_exclusive().await?;
+                    expire_due!(&mut *tx, now, "fingerprint" = &new.fingerprint)?;
+                    let latest: Option<Row> = sqlx::query_as(&latest_sql)
                         .bind(&new.fingerprint)
-                        .bind(&new.agent_id)
-                        .bind(&new.owner)
-                        .bind(&new.team)
-                        .bind(&new.kind)
-                        .bind(&new.target)
-                        .bind(&new.arguments)
-                        .bind(&new.arguments_sha256)
-                        .bind(&new.plugin)
-                        .bind(&new.rule)
-                        .bind(&new.summary)
-                        .bind(&new.group)
-                        .bind(new.approvals_needed)
-                        .bind(&new.request_id)
-                        .bind(now)
-                        .bind(now.saturating_add(new.ttl_ms.max(0)))
-                        .execute(&mut *tx)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                    (id, true)
-                }
-            };
-            tx.commit().await?;
-            out
-        });
+                    let found = match latest {
+                        Some(r) if r.state == "expired" && !r.expiry_told => {
+                            // This retry is the one told of the expiry; the next one opens anew.
+                            sqlx::query("UPDATE approvals SET expiry_told = TRUE WHERE id = $1")
+                                .bind(&r.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            Some(r.id)
+                        }
+                        Some(r) if r.state == "expired" => None,
+                        Some(r) => Some(r.id),
+                        None => None,
+                    };
+                    let out = match found {
+                        Some(id) => (id, false),
+                        None => {
+                            let id = new_id("apr_");
+                            sqlx::query(INSERT)
+                                .bind(&id)
+                                .bind(&new.fingerprint)
+                                .bind(&new.agent_id)
+                                .bind(&new.owner)
+                                .bind(&new.team)
+                                .bind(&new.kind)
+                                .bind(&new.target)
+                                .bind(&new.arguments)
+                                .bind(&new.arguments_sha256)
+                                .bind(&new.plugin)
+                                .bind(&new.rule)
+                                .bind(&new.summary)
+                                .bind(&new.group)
+                                .bind(new.approvals_needed)
+                                .bind(&new.request_id)
+                                .bind(now)
+                                .bind(now.saturating_add(new.ttl_ms.max(0)))
+                                .execute(&mut *tx)
+                                .await?;
+                            (id, true)
+                        }
+                    };
+                    tx.commit().await?;
+                    out
+                }))
+            })
+            .await?;
         Ok(Attached {
             approval: self.get_approval(&id).await?,
             created,
@@ -467,79 +514,94 @@ impl Store {
             ""
         };
         let sql = format!("SELECT {COLUMNS} FROM approvals WHERE id = $1{lock}");
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            expire_due!(&mut *tx, now, "id" = id)?;
-            let row: Option<Row> = sqlx::query_as(&sql)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let row = row.ok_or_else(|| StoreError::not_found("approval", id))?;
-            if row.state != "pending" {
-                return Err(StoreError::conflict(
-                    "approval",
-                    id,
-                    format!("is {} and takes no more votes", row.state),
-                ));
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO approval_votes (approval_id, voter_id, voter_name, decision, \
-                 reason, time_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(voter_id)
-            .bind(voter_name)
-            .bind(decision.as_str())
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
+        let (owned_id, voter_id, voter_name, reason) = (
+            id.to_string(),
+            voter_id.to_string(),
+            voter_name.to_string(),
+            crate::safe::text(reason).into_owned(),
+        );
+        self.detached(move |store| async move {
+            let (id, voter_id, voter_name, reason) = (
+                owned_id.as_str(),
+                voter_id.as_str(),
+                voter_name.as_str(),
+                reason.as_str(),
+            );
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_write().await?;
+                expire_due!(&mut *tx, now, "id" = id)?;
+                let row: Option<Row> = sqlx::query_as(&sql)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let row = row.ok_or_else(|| StoreError::not_found("approval", id))?;
+                if row.state != "pending" {
                     return Err(StoreError::conflict(
                         "approval",
                         id,
-                        format!("{voter_name} already voted; a second vote does not count"),
+                        format!("is {} and takes no more votes", row.state),
                     ));
                 }
-                Err(e) => return Err(e.into()),
-            }
-            match decision {
-                Decision::Reject => {
-                    sqlx::query(
-                        "UPDATE approvals SET state = 'rejected', reason = $1, decided_at = $2 \
-                         WHERE id = $3",
-                    )
-                    .bind(format!("rejected by {voter_name}: {reason}"))
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO approval_votes (approval_id, voter_id, voter_name, decision, \
+                         reason, time_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(id)
+                .bind(voter_id)
+                .bind(voter_name)
+                .bind(decision.as_str())
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::conflict(
+                            "approval",
+                            id,
+                            format!("{voter_name} already voted; a second vote does not count"),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Decision::Approve => {
-                    let approvals: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM approval_votes \
-                         WHERE approval_id = $1 AND decision = 'approve'",
-                    )
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if approvals >= row.approvals_needed {
+                match decision {
+                    Decision::Reject => {
                         sqlx::query(
-                            "UPDATE approvals SET state = 'approved', decided_at = $1 \
-                             WHERE id = $2",
+                            "UPDATE approvals SET state = 'rejected', reason = $1, decided_at = $2 \
+                                 WHERE id = $3",
                         )
+                        .bind(format!("rejected by {voter_name}: {reason}"))
                         .bind(now)
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
                     }
+                    Decision::Approve => {
+                        let approvals: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM approval_votes \
+                                 WHERE approval_id = $1 AND decision = 'approve'",
+                        )
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if approvals >= row.approvals_needed {
+                            sqlx::query(
+                                "UPDATE approvals SET state = 'approved', decided_at = $1 \
+                                     WHERE id = $2",
+                            )
+                            .bind(now)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
                 }
-            }
-            tx.commit().await?;
-            Ok::<(), StoreError>(())
-        })?;
+                tx.commit().await?;
+                Ok::<(), StoreError>(())
+            })
+        })
+        .await?;
         self.get_approval(id).await
     }
 
@@ -657,21 +719,28 @@ impl Store {
         let mut groups = groups.to_vec();
         groups.sort();
         groups.dedup();
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
-            for g in &groups {
-                sqlx::query("INSERT INTO user_groups (user_id, group_name) VALUES ($1, $2)")
+        let owned_user_id = user_id.to_string();
+        let stored = groups.clone();
+        self.detached(move |store| async move {
+            let (user_id, groups) = (owned_user_id.as_str(), stored);
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
                     .bind(user_id)
-                    .bind(g)
                     .execute(&mut *tx)
                     .await?;
-            }
-            tx.commit().await?;
-        });
+                for g in &groups {
+                    sqlx::query("INSERT INTO user_groups (user_id, group_name) VALUES ($1, $2)")
+                        .bind(user_id)
+                        .bind(g)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
         Ok(groups)
     }
 

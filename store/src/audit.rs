@@ -208,38 +208,42 @@ impl Canon {
 }
 
 impl AuditRow {
+    /// The row for `e`, its strings made safe for both backends ([`crate::safe`]) before
+    /// anything is hashed, so the hash covers exactly what is stored.
     fn from_event(e: &NewAuditEvent) -> Result<AuditRow, StoreError> {
         if e.kind.is_empty() {
             return Err(StoreError::Invalid(
                 "audit event kind must not be empty".into(),
             ));
         }
+        let mut e = e.clone();
+        crate::safe::audit_event(&mut e);
         let json = |v: Result<String, serde_json::Error>| {
             v.map_err(|e| StoreError::Invalid(format!("audit event JSON: {e}")))
         };
         Ok(AuditRow {
             seq: 0,
             time_ms: e.time_ms,
-            request_id: e.request_id.clone(),
-            run_id: e.run_id.clone(),
+            request_id: e.request_id,
+            run_id: e.run_id,
             chain: json(serde_json::to_string(&e.chain))?,
-            agent: e.agent.clone(),
-            owner: e.owner.clone(),
-            team: e.team.clone(),
-            kind: e.kind.clone(),
-            target: e.target.clone(),
-            provider: e.provider.clone(),
-            decided_by: e.decided_by.clone(),
+            agent: e.agent,
+            owner: e.owner,
+            team: e.team,
+            kind: e.kind,
+            target: e.target,
+            provider: e.provider,
+            decided_by: e.decided_by,
             verdicts: json(serde_json::to_string(&e.verdicts))?,
-            policy_version: e.policy_version.clone(),
+            policy_version: e.policy_version,
             input_tokens: e.input_tokens,
             output_tokens: e.output_tokens,
             cost_micro_usd: e.cost_micro_usd,
             latency_us: e.latency_us,
             status: e.status,
-            error_code: e.error_code.clone(),
+            error_code: e.error_code,
             truncated: e.truncated,
-            body: e.body.clone(),
+            body: e.body,
             prev_hash: String::new(),
             hash: String::new(),
         })
@@ -430,10 +434,11 @@ macro_rules! push_filter {
             ("request_id", &f.request_id),
         ] {
             if let Some(v) = value {
+                // As stored: a search for what the agent sent finds the row.
                 $qb.push(" AND ")
                     .push(column)
                     .push(" = ")
-                    .push_bind(v.clone());
+                    .push_bind(crate::safe::text(v).into_owned());
             }
         }
         if let Some(v) = f.status {
@@ -451,6 +456,69 @@ macro_rules! push_filter {
     }};
 }
 
+/// Lock the head, chain `rows` after it (`n` of them), insert them and advance the head: one
+/// transaction. The last seq.
+async fn insert_chained(
+    store: &Store,
+    mut rows: Vec<AuditRow>,
+    n: i64,
+    insert: &str,
+) -> Result<i64, StoreError> {
+    let end: i64 = on_pool!(store, |pool| {
+        let mut tx = pool.begin_write().await?;
+        // Locks the head until commit: appenders queue here.
+        let (end, head_hash): (i64, String) =
+            sqlx::query_as("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+                .bind(n)
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut prev = head_hash;
+        for (seq, row) in (end - n + 1..).zip(rows.iter_mut()) {
+            row.seq = seq;
+            row.prev_hash = std::mem::take(&mut prev);
+            row.hash = row.compute_hash();
+            prev.clone_from(&row.hash);
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut qb = builder(pool, insert);
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.seq)
+                    .push_bind(r.time_ms)
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.run_id)
+                    .push_bind(&r.chain)
+                    .push_bind(&r.agent)
+                    .push_bind(&r.owner)
+                    .push_bind(&r.team)
+                    .push_bind(&r.kind)
+                    .push_bind(&r.target)
+                    .push_bind(&r.provider)
+                    .push_bind(&r.decided_by)
+                    .push_bind(&r.verdicts)
+                    .push_bind(&r.policy_version)
+                    .push_bind(r.input_tokens)
+                    .push_bind(r.output_tokens)
+                    .push_bind(r.cost_micro_usd)
+                    .push_bind(r.latency_us)
+                    .push_bind(r.status)
+                    .push_bind(&r.error_code)
+                    .push_bind(r.truncated)
+                    .push_bind(&r.body)
+                    .push_bind(&r.prev_hash)
+                    .push_bind(&r.hash);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&prev)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        end
+    });
+    Ok(end)
+}
+
 impl Store {
     /// Append events, in order, in one transaction; their seqs. Each row is chained to the one
     /// before, whichever process wrote it.
@@ -458,66 +526,16 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rows = events
+        let rows = events
             .iter()
             .map(AuditRow::from_event)
             .collect::<Result<Vec<_>, _>>()?;
         let n = i64::try_from(rows.len())
             .map_err(|_| StoreError::Invalid("too many audit events in one batch".into()))?;
         let insert = format!("INSERT INTO audit_events ({}) ", AUDIT_COLUMNS);
-        let end: i64 = on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // Locks the head until commit: appenders queue here.
-            let (end, head_hash): (i64, String) = sqlx::query_as(
-                "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
-            )
-            .bind(n)
-            .fetch_one(&mut *tx)
+        let end = self
+            .detached(move |store| async move { insert_chained(&store, rows, n, &insert).await })
             .await?;
-            let mut prev = head_hash;
-            for (seq, row) in (end - n + 1..).zip(rows.iter_mut()) {
-                row.seq = seq;
-                row.prev_hash = std::mem::take(&mut prev);
-                row.hash = row.compute_hash();
-                prev.clone_from(&row.hash);
-            }
-            for chunk in rows.chunks(INSERT_CHUNK) {
-                let mut qb = builder(pool, &insert);
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.seq)
-                        .push_bind(r.time_ms)
-                        .push_bind(&r.request_id)
-                        .push_bind(&r.run_id)
-                        .push_bind(&r.chain)
-                        .push_bind(&r.agent)
-                        .push_bind(&r.owner)
-                        .push_bind(&r.team)
-                        .push_bind(&r.kind)
-                        .push_bind(&r.target)
-                        .push_bind(&r.provider)
-                        .push_bind(&r.decided_by)
-                        .push_bind(&r.verdicts)
-                        .push_bind(&r.policy_version)
-                        .push_bind(r.input_tokens)
-                        .push_bind(r.output_tokens)
-                        .push_bind(r.cost_micro_usd)
-                        .push_bind(r.latency_us)
-                        .push_bind(r.status)
-                        .push_bind(&r.error_code)
-                        .push_bind(r.truncated)
-                        .push_bind(&r.body)
-                        .push_bind(&r.prev_hash)
-                        .push_bind(&r.hash);
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-                .bind(&prev)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            end
-        });
         Ok((end - n + 1..=end).collect())
     }
 

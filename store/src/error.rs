@@ -1,4 +1,7 @@
-//! The store's one error type.
+//! The store's one error type, and how its failures divide: [`StoreError::is_transient`] (the
+//! database is unreachable or busy: try the same thing again later) and [`StoreError::is_data`]
+//! (the database refused these values: trying them again cannot succeed). The audit writer
+//! retries the first and splits a batch on the second, so one bad row cannot block the log.
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,9 @@ pub enum StoreError {
     /// Writing an export failed.
     #[error("write: {0}")]
     Io(#[from] std::io::Error),
+    /// The task running a transaction ended without an answer (the runtime is shutting down).
+    #[error("the store task was cancelled")]
+    Cancelled,
 }
 
 impl StoreError {
@@ -35,6 +41,34 @@ impl StoreError {
         StoreError::NotFound {
             what,
             id: id.into(),
+        }
+    }
+
+    /// The database could not be reached or was busy (connection lost, pool timeout, database
+    /// locked, serialization failure, server shutting down): the same operation may succeed later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => sqlx_transient(e),
+            StoreError::Cancelled => true,
+            _ => false,
+        }
+    }
+
+    /// The database refused the values themselves (PostgreSQL SQLSTATE class 22 "data exception"
+    /// or 23 "integrity constraint violation"; SQLite a constraint, too big, type mismatch or
+    /// range error; a value that cannot be encoded; input the store itself refuses): retrying
+    /// the same values cannot succeed.
+    pub fn is_data(&self) -> bool {
+        match self {
+            StoreError::Invalid(_) => true,
+            StoreError::Db(sqlx::Error::Encode(_)) => true,
+            StoreError::Db(sqlx::Error::Database(d)) => match db_code(d.as_ref()) {
+                // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_RANGE.
+                DbCode::Sqlite(primary) => matches!(primary, 18 | 19 | 20 | 25),
+                DbCode::Sqlstate(s) => s.starts_with("22") || s.starts_with("23"),
+                DbCode::Unknown => false,
+            },
+            _ => false,
         }
     }
 
@@ -54,4 +88,63 @@ impl StoreError {
 /// Whether `e` is a unique-constraint violation (an id or hash that already exists).
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// A database error's code, by backend.
+enum DbCode {
+    /// SQLite's primary result code (sqlx reports the extended one; its low byte is primary).
+    Sqlite(i32),
+    /// PostgreSQL's five-character SQLSTATE.
+    Sqlstate(String),
+    Unknown,
+}
+
+fn db_code(d: &(dyn sqlx::error::DatabaseError + 'static)) -> DbCode {
+    let code = d.code();
+    if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        code.and_then(|c| c.parse::<i32>().ok())
+            .map_or(DbCode::Unknown, |c| DbCode::Sqlite(c & 0xff))
+    } else if d
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        code.map_or(DbCode::Unknown, |c| DbCode::Sqlstate(c.into_owned()))
+    } else {
+        DbCode::Unknown
+    }
+}
+
+fn sqlx_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => match db_code(d.as_ref()) {
+            // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL, SQLITE_PROTOCOL.
+            DbCode::Sqlite(primary) => matches!(primary, 5 | 6 | 10 | 13 | 15),
+            // Connection exception, transaction rollback (serialization, deadlock),
+            // insufficient resources, operator intervention (shutdown), lock not available.
+            DbCode::Sqlstate(s) => {
+                ["08", "40", "53", "57"].iter().any(|c| s.starts_with(c)) || s == "55P03"
+            }
+            DbCode::Unknown => false,
+        },
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_of_failure() {
+        assert!(StoreError::Invalid("x".into()).is_data());
+        assert!(!StoreError::Invalid("x".into()).is_transient());
+        assert!(StoreError::Db(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::Db(sqlx::Error::PoolTimedOut).is_data());
+    }
 }

@@ -198,41 +198,49 @@ impl Store {
             prefix: display_prefix(&secret),
             secret,
         };
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_exclusive().await?;
-            let old: Option<Option<i64>> = sqlx::query_scalar(
-                "SELECT revoked_at FROM agent_keys WHERE id = $1 AND agent_id = $2",
-            )
-            .bind(old_key_id)
-            .bind(agent_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match old {
-                None => return Err(StoreError::not_found("key", old_key_id)),
-                Some(Some(t)) if t <= now => {
-                    return Err(StoreError::conflict("key", old_key_id, "already revoked"));
-                }
-                Some(_) => {}
-            }
-            sqlx::query(
-                "UPDATE agent_keys SET revoked_at = $1 \
-                 WHERE id = $2 AND (revoked_at IS NULL OR revoked_at > $1)",
-            )
-            .bind(revoke_at)
-            .bind(old_key_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(INSERT_KEY)
-                .bind(&key.id)
+        let (agent_id, old_key_id) = (agent_id.to_string(), old_key_id.to_string());
+        let (key_id, key_prefix, key_hash) =
+            (key.id.clone(), key.prefix.clone(), hash_secret(&key.secret));
+        self.detached(move |store| async move {
+            let (agent_id, old_key_id) = (agent_id.as_str(), old_key_id.as_str());
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                let old: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT revoked_at FROM agent_keys WHERE id = $1 AND agent_id = $2",
+                )
+                .bind(old_key_id)
                 .bind(agent_id)
-                .bind(hash_secret(&key.secret))
-                .bind(&key.prefix)
-                .bind(AgentSource::Api.as_str())
-                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match old {
+                    None => return Err(StoreError::not_found("key", old_key_id)),
+                    Some(Some(t)) if t <= now => {
+                        return Err(StoreError::conflict("key", old_key_id, "already revoked"));
+                    }
+                    Some(_) => {}
+                }
+                sqlx::query(
+                    "UPDATE agent_keys SET revoked_at = $1 \
+                         WHERE id = $2 AND (revoked_at IS NULL OR revoked_at > $1)",
+                )
+                .bind(revoke_at)
+                .bind(old_key_id)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
-        });
+                sqlx::query(INSERT_KEY)
+                    .bind(&key_id)
+                    .bind(agent_id)
+                    .bind(&key_hash)
+                    .bind(&key_prefix)
+                    .bind(AgentSource::Api.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
         Ok(key)
     }
 

@@ -184,7 +184,7 @@ impl Store {
             .iter()
             .map(|a| {
                 let key = (
-                    a.scope.clone(),
+                    crate::safe::text(&a.scope).into_owned(),
                     a.unit.as_str(),
                     a.window.as_str(),
                     window_start(a.window, now),
@@ -194,70 +194,73 @@ impl Store {
             .collect();
         holds.sort_by(|a, b| a.0.cmp(&b.0));
 
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            for ((scope, unit, window, start), amount, limit) in &holds {
-                sqlx::query(ENSURE_COUNTER)
-                    .bind(scope)
-                    .bind(*unit)
-                    .bind(*window)
-                    .bind(*start)
-                    .execute(&mut *tx)
-                    .await?;
-                let held = sqlx::query(HOLD)
+        self.detached(move |store| async move {
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_write().await?;
+                for ((scope, unit, window, start), amount, limit) in &holds {
+                    sqlx::query(ENSURE_COUNTER)
+                        .bind(scope)
+                        .bind(*unit)
+                        .bind(*window)
+                        .bind(*start)
+                        .execute(&mut *tx)
+                        .await?;
+                    let held = sqlx::query(HOLD)
+                        .bind(scope)
+                        .bind(*unit)
+                        .bind(*window)
+                        .bind(*start)
+                        .bind(*amount)
+                        .bind(*limit)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if held == 0 {
+                        let (spent, reserved): (i64, i64) = sqlx::query_as(READ_COUNTER)
+                            .bind(scope)
+                            .bind(*unit)
+                            .bind(*window)
+                            .bind(*start)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        tx.rollback().await?;
+                        return Ok(Reservation::Exceeded(Exceeded {
+                            scope: scope.clone(),
+                            unit: Unit::parse(unit)?,
+                            window: Window::parse(window)?,
+                            spent: unsigned(spent),
+                            reserved: unsigned(reserved),
+                            limit: unsigned(*limit),
+                        }));
+                    }
+                }
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO ledger_reservations (created_at, expires_at) VALUES ($1, $2) \
+                 RETURNING id",
+                )
+                .bind(now)
+                .bind(expires_at)
+                .fetch_one(&mut *tx)
+                .await?;
+                for ((scope, unit, window, start), amount, _) in &holds {
+                    sqlx::query(
+                        "INSERT INTO ledger_holds (reservation_id, scope, unit, window_kind, \
+                     window_start, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(id)
                     .bind(scope)
                     .bind(*unit)
                     .bind(*window)
                     .bind(*start)
                     .bind(*amount)
-                    .bind(*limit)
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if held == 0 {
-                    let (spent, reserved): (i64, i64) = sqlx::query_as(READ_COUNTER)
-                        .bind(scope)
-                        .bind(*unit)
-                        .bind(*window)
-                        .bind(*start)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    tx.rollback().await?;
-                    return Ok(Reservation::Exceeded(Exceeded {
-                        scope: scope.clone(),
-                        unit: Unit::parse(unit)?,
-                        window: Window::parse(window)?,
-                        spent: unsigned(spent),
-                        reserved: unsigned(reserved),
-                        limit: unsigned(*limit),
-                    }));
+                    .await?;
                 }
-            }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO ledger_reservations (created_at, expires_at) VALUES ($1, $2) \
-                 RETURNING id",
-            )
-            .bind(now)
-            .bind(expires_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            for ((scope, unit, window, start), amount, _) in &holds {
-                sqlx::query(
-                    "INSERT INTO ledger_holds (reservation_id, scope, unit, window_kind, \
-                     window_start, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(id)
-                .bind(scope)
-                .bind(*unit)
-                .bind(*window)
-                .bind(*start)
-                .bind(*amount)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(Reservation::Held(id))
+                tx.commit().await?;
+                Ok(Reservation::Held(id))
+            })
         })
+        .await
     }
 
     /// Replace reservation `id`'s holds with what the call really spent: each counter it held
@@ -300,10 +303,11 @@ impl Store {
 
     /// Spent so far in the current `window` (held amounts not included).
     pub async fn spent(&self, scope: &str, unit: Unit, window: Window) -> Result<u64, StoreError> {
+        let scope = crate::safe::text(scope);
         let start = window_start(window, now_ms());
         let row: Option<(i64, i64)> = on_pool!(self, |pool| {
             sqlx::query_as(READ_COUNTER)
-                .bind(scope)
+                .bind(&*scope)
                 .bind(unit.as_str())
                 .bind(window.as_str())
                 .bind(start)
@@ -320,7 +324,7 @@ impl Store {
         // `LIKE` with the prefix's own wildcards escaped.
         let pattern = format!(
             "{}%",
-            prefix
+            crate::safe::text(prefix)
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_")
@@ -353,43 +357,46 @@ impl Store {
 
     /// End a reservation; whether it was open.
     async fn end_reservation(&self, id: i64, end: End) -> Result<bool, StoreError> {
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // A reservation's holds never change once written.
-            let holds: Vec<(String, String, String, i64, i64)> =
-                sqlx::query_as(HOLDS).bind(id).fetch_all(&mut *tx).await?;
-            // Deleting the reservation claims it (its holds go with it): of two concurrent ends,
-            // the second deletes nothing and changes nothing.
-            let open = sqlx::query("DELETE FROM ledger_reservations WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if open == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            for (scope, unit, window, start, amount) in &holds {
-                let spend = match end {
-                    End::Release => 0,
-                    End::Settle { micro_usd, tokens } => match Unit::parse(unit)? {
-                        Unit::MicroUsd => micro_usd,
-                        Unit::Tokens => tokens,
-                    },
-                };
-                sqlx::query(UNHOLD)
-                    .bind(scope)
-                    .bind(unit)
-                    .bind(window)
-                    .bind(*start)
-                    .bind(*amount)
-                    .bind(spend)
+        self.detached(move |store| async move {
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_write().await?;
+                // A reservation's holds never change once written.
+                let holds: Vec<(String, String, String, i64, i64)> =
+                    sqlx::query_as(HOLDS).bind(id).fetch_all(&mut *tx).await?;
+                // Deleting the reservation claims it (its holds go with it): of two concurrent ends,
+                // the second deletes nothing and changes nothing.
+                let open = sqlx::query("DELETE FROM ledger_reservations WHERE id = $1")
+                    .bind(id)
                     .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(true)
+                    .await?
+                    .rows_affected();
+                if open == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for (scope, unit, window, start, amount) in &holds {
+                    let spend = match end {
+                        End::Release => 0,
+                        End::Settle { micro_usd, tokens } => match Unit::parse(unit)? {
+                            Unit::MicroUsd => micro_usd,
+                            Unit::Tokens => tokens,
+                        },
+                    };
+                    sqlx::query(UNHOLD)
+                        .bind(scope)
+                        .bind(unit)
+                        .bind(window)
+                        .bind(*start)
+                        .bind(*amount)
+                        .bind(spend)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            })
         })
+        .await
     }
 }
 

@@ -13,18 +13,25 @@
 //! by [`Store::connect`]. Times are `i64` unix milliseconds (UTC) throughout; [`time`] formats
 //! them as RFC 3339 for export.
 //!
-//! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`],
-//! [`ledger`] (the spend counters behind budgets), [`approvals`] (held calls, votes, approver
-//! groups), [`sessions`] (MCP sessions ended on any replica), and [`export`] for the CSV and
-//! JSONL writers.
+//! The operations live in one module each: [`agents`], [`keys`], [`users`], [`audit`] (and
+//! [`dead_letter`], where audit events the database refuses are kept), [`ledger`] (the spend
+//! counters behind budgets), [`approvals`] (held calls, votes, approver groups), [`sessions`]
+//! (MCP sessions ended on any replica), and [`export`] for the CSV and JSONL writers. [`safe`]
+//! makes agent-supplied strings storable in both backends.
+//!
+//! Every transaction of more than one statement runs on its own task ([`Store::detached`]): a
+//! caller dropped mid-way (a client that hangs up) cannot stop it between `BEGIN` and
+//! `COMMIT`, which used to return pooled connections still inside a transaction.
 
 pub mod agents;
 pub mod approvals;
 pub mod audit;
+pub mod dead_letter;
 mod error;
 pub mod export;
 pub mod keys;
 pub mod ledger;
+pub mod safe;
 mod secret;
 pub mod sessions;
 pub mod time;
@@ -46,6 +53,7 @@ pub use approvals::{
     Approval, ApprovalState, Attached, Claim, Decision, Execution, NewApproval, Vote,
 };
 pub use audit::{AuditFilter, AuditRecord, BadRow, NewAuditEvent, VerifyReport};
+pub use dead_letter::DeadLetter;
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use keys::{KeyAuth, KeyInfo, NewKey};
@@ -216,6 +224,28 @@ impl Store {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Run `work` on its own Tokio task, with a clone of the store, and wait for its result.
+    ///
+    /// Every multi-statement transaction goes through here. A future dropped between `BEGIN`
+    /// and `COMMIT` (the gateway drops a call's future when its client hangs up) could hand its
+    /// pooled connection back still inside the transaction, or mid-`BEGIN`: later transactions
+    /// on it failed (`attempted to call begin_with at non-zero transaction depth`) and SQLite
+    /// stayed locked. On its own task the transaction always reaches its commit or rollback;
+    /// dropping the caller only drops the wait. `work` takes owned inputs for that reason.
+    pub(crate) async fn detached<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(work(self.clone())).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels the task.
+            Err(_) => Err(StoreError::Cancelled),
         }
     }
 

@@ -334,66 +334,72 @@ impl Store {
         let hash = hash_secret(token_secret);
         let now = now_ms();
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
-        let user_id = on_pool!(self, |pool| {
-            let mut tx = pool.begin_exclusive().await?;
-            let row: Option<UserRow> = sqlx::query_as(&sql)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let user_id = match row {
-                Some(u) => {
-                    if !u.roles.0.contains(&Role::Admin) {
-                        let mut roles = u.roles.0.clone();
-                        roles.push(Role::Admin);
-                        sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
-                            .bind(Json(sorted_roles(&roles)))
-                            .bind(&u.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    u.id
-                }
-                None => {
-                    let id = new_id("usr_");
-                    sqlx::query(INSERT_USER)
-                        .bind(&id)
+        let name = name.to_string();
+        let user_id = self
+            .detached(move |store| async move {
+                let name = name.as_str();
+                Ok(on_pool!(store, |pool| {
+                    let mut tx = pool.begin_exclusive().await?;
+                    let row: Option<UserRow> = sqlx::query_as(&sql)
                         .bind(name)
-                        .bind("")
-                        .bind(Json(vec![Role::Admin]))
-                        .bind(now)
-                        .execute(&mut *tx)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                    id
-                }
-            };
-            let holder: Option<String> =
-                sqlx::query_scalar("SELECT user_id FROM user_tokens WHERE token_hash = $1")
-                    .bind(&hash)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match holder {
-                Some(h) if h != user_id => {
-                    return Err(StoreError::conflict(
-                        "user",
-                        name,
-                        "the bootstrap token belongs to another user",
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    sqlx::query(INSERT_TOKEN)
-                        .bind(new_id("tok_"))
-                        .bind(&user_id)
-                        .bind(&hash)
-                        .bind("(bootstrap)")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            tx.commit().await?;
-            user_id
-        });
+                    let user_id = match row {
+                        Some(u) => {
+                            if !u.roles.0.contains(&Role::Admin) {
+                                let mut roles = u.roles.0.clone();
+                                roles.push(Role::Admin);
+                                sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
+                                    .bind(Json(sorted_roles(&roles)))
+                                    .bind(&u.id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            u.id
+                        }
+                        None => {
+                            let id = new_id("usr_");
+                            sqlx::query(INSERT_USER)
+                                .bind(&id)
+                                .bind(name)
+                                .bind("")
+                                .bind(Json(vec![Role::Admin]))
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                            id
+                        }
+                    };
+                    let holder: Option<String> =
+                        sqlx::query_scalar("SELECT user_id FROM user_tokens WHERE token_hash = $1")
+                            .bind(&hash)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match holder {
+                        Some(h) if h != user_id => {
+                            return Err(StoreError::conflict(
+                                "user",
+                                name,
+                                "the bootstrap token belongs to another user",
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            sqlx::query(INSERT_TOKEN)
+                                .bind(new_id("tok_"))
+                                .bind(&user_id)
+                                .bind(&hash)
+                                .bind("(bootstrap)")
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    user_id
+                }))
+            })
+            .await?;
         self.get_user(&user_id).await
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /admin/status`: the loaded chain (each plugin with its sha256 and hooks), the policy
-//! version, the last reload's time and result, the audit sink's health, and the providers,
+//! version, the last reload's time and result, the audit sink's health (and how many events it
+//! quarantined), and the providers,
 //! routes and each target's circuit breaker.
 
 use std::sync::Arc;
@@ -86,6 +87,8 @@ pub async fn status(
         "database": gw.store.backend_name(),
         "audit": {
             "healthy": gw.audit.is_healthy(),
+            // Events the database refused since start, kept in audit_dead_letter.
+            "quarantined": gw.audit.quarantined(),
             "durability": rt.settings.audit.durability,
         },
         "reload": {

@@ -6,13 +6,19 @@
 //! call waits until its batch is committed, so every answered call is on disk even if the process
 //! is killed the next instant.
 //!
-//! A failing store never drops events silently: the writer keeps the batch and retries with
-//! backoff, the queue holds the rest, and with `on_failure = "refuse"` (default) the gateway
-//! refuses new calls with 503 `audit_unavailable` until writes succeed again.
+//! A failing store never drops events silently: while the database is unreachable or busy the
+//! writer keeps the batch and retries with backoff, the queue holds the rest, and with
+//! `on_failure = "refuse"` (default) the gateway refuses new calls with 503 `audit_unavailable`
+//! until writes succeed again. An event the database refuses outright is quarantined in the
+//! dead-letter table instead of blocking the log ([`writer`] says how).
+//!
+//! [`AuditSink::flush`] waits until everything queued before it is written: graceful shutdown
+//! and tests use it instead of sleeping.
 
-use std::collections::HashMap;
+mod writer;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_store::{NewAuditEvent, Store};
@@ -20,18 +26,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditSettings, Durability, OnAuditFailure};
 use crate::error::CallError;
-
-struct Job {
-    /// `None`: a flush marker, acknowledged once everything queued before it is committed.
-    event: Option<NewAuditEvent>,
-    ack: Option<oneshot::Sender<()>>,
-}
+use writer::{Msg, Writer};
 
 /// The handle calls use to record events.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     healthy: Arc<AtomicBool>,
+    /// Events quarantined since start (the metrics read the same counter).
+    quarantined: Arc<AtomicU64>,
     settings: AuditSettings,
 }
 
@@ -39,14 +42,22 @@ pub struct AuditSink {
 const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditSink {
-    /// Start the writer task.
-    pub fn start(store: Store, settings: AuditSettings) -> AuditSink {
+    /// Start the writer task. It adds each quarantined event to `quarantined` (the counter
+    /// behind `palisade_audit_quarantined_total`).
+    pub fn start(store: Store, settings: AuditSettings, quarantined: Arc<AtomicU64>) -> AuditSink {
         let (tx, rx) = mpsc::channel(settings.queue);
         let healthy = Arc::new(AtomicBool::new(true));
-        tokio::spawn(writer(store, rx, healthy.clone(), settings.clone()));
+        let writer = Writer {
+            target: store,
+            healthy: healthy.clone(),
+            quarantined: quarantined.clone(),
+            settings: settings.clone(),
+        };
+        tokio::spawn(writer.run(rx));
         AuditSink {
             tx,
             healthy,
+            quarantined,
             settings,
         }
     }
@@ -72,6 +83,21 @@ impl AuditSink {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Events the database refused since start, kept in the dead-letter table instead.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Return once every event queued before this call is committed (or quarantined). Waits as
+    /// long as the store is unreachable; wrap it in a timeout where that matters.
+    pub async fn flush(&self) -> Result<(), CallError> {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_err() {
+            return Err(CallError::AuditUnavailable);
+        }
+        done.await.map_err(|_| CallError::AuditUnavailable)
+    }
+
     /// Record an event. With sync durability, returns once it is committed.
     pub async fn record(&self, event: NewAuditEvent) -> Result<(), CallError> {
         let sync = self.settings.durability == Durability::Sync;
@@ -82,15 +108,7 @@ impl AuditSink {
             (None, None)
         };
         // A full queue waits (back-pressure) rather than dropping the event.
-        if self
-            .tx
-            .send(Job {
-                event: Some(event),
-                ack,
-            })
-            .await
-            .is_err()
-        {
+        if self.tx.send(Msg::Event { event, ack }).await.is_err() {
             tracing::error!(target: "palisade::audit", "audit writer is gone; event not recorded");
             return Err(CallError::AuditUnavailable);
         }
@@ -101,93 +119,5 @@ impl AuditSink {
             }
         }
         Ok(())
-    }
-}
-
-impl AuditSink {
-    /// Return once every event queued before this call is committed.
-    pub async fn flush(&self) -> Result<(), CallError> {
-        let (ack, done) = oneshot::channel();
-        let job = Job {
-            event: None,
-            ack: Some(ack),
-        };
-        if self.tx.send(job).await.is_err() {
-            return Err(CallError::AuditUnavailable);
-        }
-        done.await.map_err(|_| CallError::AuditUnavailable)
-    }
-}
-
-async fn writer(
-    store: Store,
-    mut rx: mpsc::Receiver<Job>,
-    healthy: Arc<AtomicBool>,
-    settings: AuditSettings,
-) {
-    let mut batch: Vec<Job> = Vec::with_capacity(settings.batch_max);
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        batch.push(first);
-        // Gather what else is queued, waiting at most `flush` for more in batched mode.
-        let deadline = tokio::time::Instant::now() + settings.flush;
-        while batch.len() < settings.batch_max {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Sync callers are waiting: commit what we have now.
-                    if batch.iter().any(|j| j.ack.is_some()) {
-                        break;
-                    }
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(job)) => batch.push(job),
-                        _ => break,
-                    }
-                }
-            }
-        }
-        let events: Vec<NewAuditEvent> = batch.iter().filter_map(|j| j.event.clone()).collect();
-        let mut backoff = Duration::from_millis(50);
-        while !events.is_empty() {
-            match store.append_audit(&events).await {
-                Ok(_) => {
-                    if !healthy.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(target: "palisade::audit", "audit log writable again");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    if healthy.swap(false, Ordering::Relaxed) {
-                        tracing::error!(
-                            target: "palisade::audit",
-                            "cannot write the audit log ({e}); {} events held, retrying",
-                            events.len()
-                        );
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-        let mut seen: HashMap<&str, i64> = HashMap::new();
-        for e in &events {
-            if let Some(a) = e.agent.as_deref()
-                && e.kind != "admin"
-            {
-                let t = seen.entry(a).or_insert(e.time_ms);
-                *t = (*t).max(e.time_ms);
-            }
-        }
-        for (agent, at) in seen {
-            if let Err(e) = store.touch_last_seen(agent, at).await {
-                tracing::debug!("cannot update last_seen of {agent}: {e}");
-            }
-        }
-        for job in batch.drain(..) {
-            if let Some(ack) = job.ack {
-                let _ = ack.send(());
-            }
-        }
     }
 }

@@ -14,6 +14,25 @@ use crate::registry::Agent;
 /// Output tokens assumed when the agent sets no `max_tokens`.
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
+/// Longest name (bytes) an agent may choose for a model, tool or prompt.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest resource URI (bytes) an agent may ask for: URIs carry paths, so more room than names.
+pub const MAX_URI_LEN: usize = 2048;
+
+/// Check an agent-chosen name (`field` is what the agent calls it: `model`, `name`, `uri`):
+/// at most `max` bytes and no control characters. These strings become plugin targets, audit
+/// columns, metric labels and ledger scopes, where a NUL or a newline does harm (PostgreSQL
+/// refuses NUL; log and metric lines split on newlines), and no real model or tool needs them.
+pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), CallError> {
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(CallError::bad_request(
+            "invalid_request",
+            format!("`{field}` must be at most {max} bytes with no control characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// The agent key from `Authorization: Bearer` or `x-api-key`.
 pub fn agent_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
@@ -126,6 +145,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, CallError> {
             ));
         }
     };
+    check_name("model", &model, MAX_NAME_LEN)?;
     let Some(Value::Array(messages)) = json.get("messages") else {
         return Err(CallError::bad_request(
             "invalid_request",
@@ -234,6 +254,28 @@ mod tests {
             code(br#"{"model":"m","messages":[{"content":"x"}]}"#).as_deref(),
             Some("invalid_request")
         );
+    }
+
+    #[test]
+    fn model_names_are_bounded_and_printable() {
+        let body = |m: &str| {
+            serde_json::json!({"model": m, "messages": [{"role": "user", "content": "x"}]})
+                .to_string()
+        };
+        for bad in [
+            "gpt-4o-mini\u{0}",
+            "a\nb",
+            "\u{7f}x",
+            "\u{9b}",
+            &"m".repeat(257),
+        ] {
+            let err = parse_chat(body(bad).as_bytes()).err().expect(bad);
+            assert_eq!(err.code(), "invalid_request");
+            assert!(err.to_string().contains("`model`"), "{err}");
+        }
+        assert!(parse_chat(body(&"m".repeat(256)).as_bytes()).is_ok());
+        assert!(parse_chat(body("claude-3.5/sonnet:beta é").as_bytes()).is_ok());
+        assert!(check_name("uri", &"u".repeat(300), MAX_URI_LEN).is_ok());
     }
 
     #[test]

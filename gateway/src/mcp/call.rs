@@ -33,6 +33,7 @@ use super::upstream::UpstreamError;
 use crate::app::Gateway;
 use crate::approvals::{Admission, ExecutionClaim, HeldCall};
 use crate::call::life::no_usage;
+use crate::call::request::{MAX_NAME_LEN, MAX_URI_LEN, check_name};
 use crate::call::{CallLife, Draft, Ending};
 use crate::error::CallError;
 use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Hold, Tool};
@@ -426,6 +427,10 @@ async fn complete_ref(
         );
     };
     draft.event.target = name.clone();
+    if let Err(e) = check_name(&format!("ref.{field}"), &name, max_len(item)) {
+        out.end(None, None, facts, Some("invalid_params".into()));
+        return error(id, jsonrpc::INVALID_PARAMS, e.to_string(), None);
+    }
     let resolved = match item {
         Item::Resource => ctx.hub.resolve_resource(&name).await,
         _ => ctx
@@ -576,6 +581,14 @@ fn refusal(id: &Value, code: i64, stable: &str, tool_result: &Value) -> Value {
     error(id, code, text, Some(data))
 }
 
+/// The longest name an agent may use for `item` (a resource is named by its URI).
+fn max_len(item: Item) -> usize {
+    match item {
+        Item::Tool | Item::Prompt => MAX_NAME_LEN,
+        Item::Resource => MAX_URI_LEN,
+    }
+}
+
 /// `tools/call`, `prompts/get` and `resources/read`.
 async fn use_item(
     ctx: &Ctx<'_>,
@@ -605,6 +618,10 @@ async fn use_item(
         );
     };
     draft.event.target = name.to_string();
+    if let Err(e) = check_name(item.param(), name, max_len(item)) {
+        out.end(None, None, facts, Some("invalid_params".into()));
+        return error(id, jsonrpc::INVALID_PARAMS, e.to_string(), None);
+    }
     let args = match (item, params.get("arguments")) {
         (Item::Resource, _) => json!({ "uri": name }),
         (_, None | Some(Value::Null)) => json!({}),

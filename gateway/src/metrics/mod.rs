@@ -19,10 +19,12 @@
 //! `target` and `provider` values are bounded by the config, never by what agents send: a
 //! target a route names, else its provider, else an MCP server, else `other` (see
 //! [`Metrics::set_known`]). A model string an agent made up adds no series.
+//! | `palisade_audit_quarantined_total` | (none) |
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::providers::breaker::Breakers;
@@ -95,6 +97,8 @@ pub struct Metrics {
     failovers: Family<u64>,
     tokens: Family<u64>,
     cost: Family<u64>,
+    /// Shared with the audit writer, which counts into it (it has no handle on `Metrics`).
+    audit_quarantined: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -116,6 +120,12 @@ impl Metrics {
             Some((provider, _)) if known.contains(provider) => provider.to_string(),
             _ => "other".to_string(),
         }
+    }
+
+    /// The counter behind `palisade_audit_quarantined_total`, for the audit writer to count
+    /// each event the database refused and the dead-letter table took.
+    pub fn audit_quarantined(&self) -> Arc<AtomicU64> {
+        self.audit_quarantined.clone()
     }
 
     pub fn observe_call(&self, o: &CallObservation<'_>) {
@@ -252,6 +262,17 @@ impl Metrics {
             "Cost in micro-USD by agent and serving target.",
             &self.cost,
         );
+        header(
+            &mut out,
+            "palisade_audit_quarantined_total",
+            "Audit events the database refused, kept in the audit_dead_letter table instead.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "palisade_audit_quarantined_total {}",
+            self.audit_quarantined.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -349,6 +370,12 @@ mod tests {
             "palisade_tokens_total{agent=\"bot\\\"x\",provider=\"p/m\",direction=\"output\"} 7"
         ));
         assert!(text.contains("palisade_failovers_total{from=\"p/m\"} 1"));
+        m.audit_quarantined().fetch_add(2, Ordering::Relaxed);
+        let text = m.render(&Breakers::default());
+        assert!(
+            text.contains("\npalisade_audit_quarantined_total 2\n"),
+            "{text}"
+        );
     }
 
     #[test]
