@@ -117,10 +117,10 @@ fn head(gw: &TestGateway, path: &str, body_len: usize, extra: &str) -> String {
 enum HangUp {
     /// After sending this much of the body.
     MidBody(usize),
-    /// Right after sending the whole request (the call is then inside the gateway).
-    AfterRequest,
     /// Once the mock upstream has the request (the provider is working).
     WhileUpstreamWorks,
+    /// Once the call waits for its approval (inside the plugin chain's hold).
+    WhileHeld,
     /// Once the answer holds this text (mid-stream).
     AfterSeeing(&'static str),
 }
@@ -134,7 +134,17 @@ async fn hang_up(gw: &TestGateway, path: &str, body: &str, extra: &str, how: Han
             s.write_all(&body.as_bytes()[..n]).await.expect("write");
             s.flush().await.expect("flush");
         }
-        HangUp::AfterRequest => s.write_all(body.as_bytes()).await.expect("write"),
+        HangUp::WhileHeld => {
+            let before = gw.gw.store.list_approvals(None, 1000).await.expect("list").len();
+            s.write_all(body.as_bytes()).await.expect("write");
+            for _ in 0..500 {
+                let now = gw.gw.store.list_approvals(None, 1000).await.expect("list");
+                if now.len() > before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         HangUp::WhileUpstreamWorks => {
             let before = gw.mock.requests().len();
             s.write_all(body.as_bytes()).await.expect("write");
@@ -176,10 +186,24 @@ fn chat(model: &str, text: &str, stream: bool) -> String {
 async fn check_hang_up(gw: &TestGateway, label: &str, kind: &str, run: impl Future<Output = ()>) {
     let before = audit(gw).await.len();
     run.await;
+    // The gateway may not have read the request yet: wait (bounded) for the call's row, then for
+    // anything else it still runs.
+    for _ in 0..1000 {
+        settled(gw).await;
+        if audit(gw).await[before..].iter().any(|r| r.kind == kind) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     settled(gw).await;
     let rows = audit(gw).await;
     let new: Vec<&AuditRecord> = rows[before..].iter().filter(|r| r.kind == kind).collect();
-    assert_eq!(new.len(), 1, "{label}: one audit row, got {new:#?}");
+    assert_eq!(
+        new.len(),
+        1,
+        "{label}: one audit row, got {new:#?} among {:#?}",
+        &rows[before..]
+    );
     assert_eq!(new[0].status, 499, "{label}: {:#?}", new[0]);
     assert_eq!(
         new[0].error_code.as_deref(),
@@ -205,7 +229,7 @@ async fn every_hang_up_is_audited_once_and_settled(db: Db) {
 
     let held = chat("gpt-4o-approved", "please", false);
     check_hang_up(&gw, "during the plugin chain", "llm-call", async {
-        hang_up(&gw, "/v1/chat/completions", &held, "", HangUp::AfterRequest).await
+        hang_up(&gw, "/v1/chat/completions", &held, "", HangUp::WhileHeld).await
     })
     .await;
 
@@ -279,7 +303,7 @@ async fn every_hang_up_is_audited_once_and_settled(db: Db) {
          mcp-session-id: {sid}\r\n"
     );
     check_hang_up(&gw, "during an MCP tools/call", "tool-call", async {
-        hang_up(&gw, "/mcp", &call, &extra, HangUp::AfterRequest).await
+        hang_up(&gw, "/mcp", &call, &extra, HangUp::WhileHeld).await
     })
     .await;
     let rows = audit(&gw).await;
