@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use palisade_store::{NewAuditEvent, Store};
 
 use crate::audit::AuditSink;
-use crate::config::Settings;
+use crate::core::settings::Settings;
 use crate::metrics::Metrics;
 use crate::plugins::{HostServices, Overrides, Policy, ReloadError, Runtime};
 use crate::providers::breaker::Breakers;
@@ -63,13 +63,10 @@ pub struct Gateway {
     /// The per-process chain key used when `[chain]` configures none.
     chain_fallback: Vec<u8>,
     /// Calls and streams in flight, and the graceful shutdown's stages.
-    pub drain: crate::drain::Drain,
+    pub drain: crate::core::drain::Drain,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    palisade_store::time::now_ms()
-}
+pub use crate::core::clock::now_ms;
 
 impl Gateway {
     /// Load the config and plugins, open the store, create the first admin (from the env var the
@@ -136,7 +133,7 @@ impl Gateway {
             audit,
             services,
             chain_fallback: crate::chain::random_key(),
-            drain: crate::drain::Drain::default(),
+            drain: crate::core::drain::Drain::default(),
         });
         let weak = Arc::downgrade(&gw);
         gw.policy.set_prepare(Box::new(move |rt| {
@@ -259,7 +256,7 @@ impl Gateway {
         let rt = self.policy.current();
         let event = NewAuditEvent {
             time_ms: now_ms(),
-            request_id: crate::call::new_id("req"),
+            request_id: crate::core::ids::new_id("req"),
             owner: Some(actor.to_string()),
             kind: "admin".into(),
             target: format!("{action} {target}"),

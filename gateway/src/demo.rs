@@ -230,7 +230,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     let db_dir = std::env::temp_dir().join(format!(
         "palisade-demo-{}-{}",
         std::process::id(),
-        crate::app::now_ms()
+        crate::core::clock::now_ms()
     ));
     std::fs::create_dir_all(&db_dir).map_err(|e| DemoError::Gateway(e.to_string()))?;
     let database = format!("sqlite://{}", db_dir.join("palisade.db").display());
@@ -527,7 +527,8 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     }
     // Batched audit writes land within milliseconds; give them a moment.
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let today = palisade_store::time::format_rfc3339_ms(crate::app::now_ms())[..10].to_string();
+    let today =
+        palisade_store::time::format_rfc3339_ms(crate::core::clock::now_ms())[..10].to_string();
     let path =
         format!("/admin/api/audit/export?agent=support-bot&from={today}&to={today}&format=jsonl");
     let (status, log) = client.get(&token, &path).await?;

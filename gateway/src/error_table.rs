@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use crate::approvals::{Refusal, Status};
 use crate::call::format::Ingress;
-use crate::chain::ChainError;
-use crate::error::{CallError, PluginFault};
+use crate::core::domain::ChainError;
+use crate::core::domain::Hold;
+use crate::core::error::{CallError, PluginFault};
 use crate::mcp::jsonrpc;
-use crate::plugins::bindings::Hold;
 use crate::wire::GatewayBody;
 
 /// One row of `docs/errors.md`.
@@ -127,7 +127,9 @@ fn refusal(state: palisade_store::ApprovalState) -> CallError {
 /// Every error kind (each plugin fault, each chain error, each approval state, the statuses a
 /// plugin or a provider may pick) with its documented row.
 fn table() -> Vec<(CallError, Row)> {
-    use crate::error::rpc::{INTERNAL_ERROR as INTERNAL, INVALID_REQUEST, REFUSED, UNAUTHORIZED};
+    use crate::core::error::rpc::{
+        INTERNAL_ERROR as INTERNAL, INVALID_REQUEST, REFUSED, UNAUTHORIZED,
+    };
     use palisade_store::ApprovalState::{Expired, Pending, Rejected};
     const INV: &str = "invalid_request_error";
     const PERM: &str = "permission_error";

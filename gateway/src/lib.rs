@@ -13,13 +13,10 @@ pub mod audit;
 pub mod call;
 pub mod chain;
 pub mod cli;
-pub mod config;
+pub mod core;
 pub mod demo;
-pub mod drain;
-pub mod error;
 #[cfg(test)]
 mod error_table;
-pub mod ledger;
 pub mod mcp;
 pub mod metrics;
 pub mod net;
@@ -28,3 +25,6 @@ pub mod providers;
 pub mod registry;
 pub mod server;
 pub mod wire;
+
+// The resolved config and the error type keep their public names for users of the library.
+pub use crate::core::{error, settings as config};

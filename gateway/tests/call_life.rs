@@ -135,7 +135,13 @@ async fn hang_up(gw: &TestGateway, path: &str, body: &str, extra: &str, how: Han
             s.flush().await.expect("flush");
         }
         HangUp::WhileHeld => {
-            let before = gw.gw.store.list_approvals(None, 1000).await.expect("list").len();
+            let before = gw
+                .gw
+                .store
+                .list_approvals(None, 1000)
+                .await
+                .expect("list")
+                .len();
             s.write_all(body.as_bytes()).await.expect("write");
             for _ in 0..500 {
                 let now = gw.gw.store.list_approvals(None, 1000).await.expect("list");
@@ -155,7 +161,10 @@ async fn hang_up(gw: &TestGateway, path: &str, body: &str, extra: &str, how: Han
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert!(gw.mock.requests().len() > before, "the upstream got no request");
+            assert!(
+                gw.mock.requests().len() > before,
+                "the upstream got no request"
+            );
         }
         HangUp::AfterSeeing(marker) => {
             s.write_all(body.as_bytes()).await.expect("write");
@@ -212,8 +221,11 @@ async fn check_hang_up(gw: &TestGateway, label: &str, kind: &str, run: impl Futu
     );
     assert_eq!(reserved(gw).await, 0, "{label}: a reservation is left");
     let next = gw
-        .chat(SUPPORT_KEY, &json!({"model": "gpt-4o-mini", "max_tokens": 50,
-                                   "messages": [{"role": "user", "content": "next"}]}))
+        .chat(
+            SUPPORT_KEY,
+            &json!({"model": "gpt-4o-mini", "max_tokens": 50,
+                                   "messages": [{"role": "user", "content": "next"}]}),
+        )
         .await;
     assert_eq!(next.status, 200, "{label}: next call {:?}", next.json);
     settled(gw).await;
@@ -252,7 +264,10 @@ async fn every_hang_up_is_audited_once_and_settled(db: Db) {
         .rev()
         .find(|r| r.status == 499 && r.kind == "llm-call")
         .expect("the slow call's row");
-    assert!(charged.output_tokens > 0 && charged.cost_micro_usd > 0, "{charged:#?}");
+    assert!(
+        charged.output_tokens > 0 && charged.cost_micro_usd > 0,
+        "{charged:#?}"
+    );
 
     let first = chat("gpt-4o-mini", "[mock:latency_ms=1000] stream", true);
     check_hang_up(&gw, "before the first token", "llm-call", async {
@@ -348,7 +363,11 @@ async fn load_ended_abruptly(db: Db) {
         let mut tasks = Vec::new();
         for i in 0..16 {
             let addr = gw.addr;
-            let body = chat("gpt-4o-mini", &format!("[mock:latency_ms=20] load {i}"), i % 2 == 0);
+            let body = chat(
+                "gpt-4o-mini",
+                &format!("[mock:latency_ms=20] load {i}"),
+                i % 2 == 0,
+            );
             let h = head(&gw, "/v1/chat/completions", body.len(), "");
             tasks.push(tokio::spawn(async move {
                 // Keep-alive calls, one after another, until aborted mid-call.
@@ -375,12 +394,19 @@ async fn load_ended_abruptly(db: Db) {
             let _ = t.await;
         }
         settled(&gw).await;
-        assert_eq!(reserved(&gw).await, 0, "round {round}: a reservation is left");
+        assert_eq!(
+            reserved(&gw).await,
+            0,
+            "round {round}: a reservation is left"
+        );
         let after = audit(&gw).await.len();
         assert!(after > before, "round {round}: calls were audited");
         let next = gw
-            .chat(SUPPORT_KEY, &json!({"model": "gpt-4o-mini",
-                                       "messages": [{"role": "user", "content": "after"}]}))
+            .chat(
+                SUPPORT_KEY,
+                &json!({"model": "gpt-4o-mini",
+                                       "messages": [{"role": "user", "content": "after"}]}),
+            )
             .await;
         assert_eq!(next.status, 200, "round {round}: {:?}", next.json);
     }
@@ -422,10 +448,8 @@ async fn sigterm_drains(db: Db) {
     std::fs::write(&config, text).expect("config");
     let mut proc = spawn_gateway(&config, &mock_url);
     let addr = proc.addr.clone();
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http::<http_body_util::Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
 
     let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut tasks = Vec::new();
@@ -489,7 +513,9 @@ async fn sigterm_drains(db: Db) {
         .count();
     assert!(streams_done > 0, "streams ran to their end while draining");
 
-    let store = palisade_store::Store::connect(&database).await.expect("store");
+    let store = palisade_store::Store::connect(&database)
+        .await
+        .expect("store");
     let rows: Vec<AuditRecord> = store
         .audit_stream(AuditFilter::default())
         .try_collect()

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{auth, ok_json, query, read_json, store_error};
 use crate::app::Gateway;
 use crate::approvals::Status;
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 
 type Reply = Result<Response<GatewayBody>, CallError>;
@@ -151,7 +151,7 @@ pub async fn release(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming)
             "a release needs a reason: it may run the call a second time",
         ));
     }
-    let before = crate::app::now_ms() - RELEASE_AFTER_MS;
+    let before = crate::core::clock::now_ms() - RELEASE_AFTER_MS;
     match gw.store.release_approval_claim(id, before).await {
         Ok(a) => {
             gw.audit_admin(&user.name, "approval.release", id, 200)

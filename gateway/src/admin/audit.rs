@@ -11,7 +11,7 @@ use palisade_store::{AuditFilter, ExportFormat};
 
 use super::{auth, ok_json, query, store_error};
 use crate::app::Gateway;
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 
 type Reply = Result<Response<GatewayBody>, CallError>;

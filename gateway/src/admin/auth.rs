@@ -5,7 +5,7 @@ use palisade_store::{Role, User};
 
 use crate::app::Gateway;
 use crate::call::request::agent_key;
-use crate::error::CallError;
+use crate::core::error::CallError;
 
 /// Any signed-in user.
 pub const ANY: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];

@@ -35,7 +35,7 @@ use palisade_store::StoreError;
 use serde::de::DeserializeOwned;
 
 use crate::app::Gateway;
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::errors::json_response;
 

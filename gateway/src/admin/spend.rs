@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{auth, ok_json, query, store_error};
 use crate::app::Gateway;
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 
 fn window(s: Option<&str>) -> Result<Window, CallError> {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{auth, ok_json};
 use crate::app::Gateway;
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::plugins::bindings::Hooks;
 use crate::wire::GatewayBody;
 

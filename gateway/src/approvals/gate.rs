@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use palisade_store::{
     Approval, ApprovalState, Claim, Decision, Execution, NewApproval, Store, StoreError, User,
 };
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::fingerprint::{canonical_arguments, fingerprint, sha256_hex};
-use super::settings::ApprovalSettings;
 use super::webhook::Webhook;
-use crate::error::CallError;
-use crate::plugins::bindings::{Call, CallKind, Hold};
+use crate::core::domain::Hold;
+pub use crate::core::domain::{ApprovalStatus as Status, Refusal};
+use crate::core::error::CallError;
+use crate::core::settings::approvals::ApprovalSettings;
+use crate::plugins::bindings::{Call, CallKind};
 
 /// How often a waiting call looks at its record (decisions on other replicas arrive this way;
 /// decisions on this one wake it at once).
@@ -27,95 +28,6 @@ pub struct HeldCall<'a> {
     /// The plugin whose verdict was the hold.
     pub plugin: &'a str,
     pub hold: &'a Hold,
-}
-
-/// Where an approval stands, as the agent and the approvers see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Status {
-    pub id: String,
-    pub state: ApprovalState,
-    pub execution: Execution,
-    pub approvals: i64,
-    pub approvals_needed: i64,
-    pub group: String,
-    pub rule: String,
-    /// The rejecting approver's reason, or why it expired.
-    pub reason: Option<String>,
-    pub expires_at: i64,
-    /// Seconds until it expires (0 once it has).
-    pub expires_in_secs: i64,
-}
-
-impl Status {
-    pub fn of(a: &Approval) -> Status {
-        let now = palisade_store::time::now_ms();
-        Status {
-            id: a.id.clone(),
-            state: a.state,
-            execution: a.execution,
-            approvals: a.approvals(),
-            approvals_needed: a.approvals_needed,
-            group: a.group.clone(),
-            rule: a.rule.clone(),
-            reason: a.reason.clone(),
-            expires_at: a.expires_at,
-            expires_in_secs: ((a.expires_at - now).max(0) + 999) / 1000,
-        }
-    }
-
-    /// A sentence a model can act on.
-    pub fn message(&self) -> String {
-        match self.state {
-            ApprovalState::Pending => format!(
-                "approval {} pending, {} of {} approvals from group '{}' (rule '{}'), expires in \
-                 {} s; retry the same call unchanged once approved (changed arguments need a new \
-                 approval)",
-                self.id,
-                self.approvals,
-                self.approvals_needed,
-                self.group,
-                self.rule,
-                self.expires_in_secs
-            ),
-            ApprovalState::Approved => format!(
-                "approval {} approved; an identical call is executing it now: retry the same \
-                 call unchanged to get its result",
-                self.id
-            ),
-            ApprovalState::Rejected => format!(
-                "approval {} {}; this call will not be approved, do not retry it",
-                self.id,
-                self.reason.as_deref().unwrap_or("rejected")
-            ),
-            ApprovalState::Expired => format!(
-                "approval {} expired: {}; retrying the same call opens a new request",
-                self.id,
-                self.reason.as_deref().unwrap_or("no decision in time")
-            ),
-        }
-    }
-
-    /// The stable error code of a call stopped here.
-    pub fn code(&self) -> &'static str {
-        match self.state {
-            ApprovalState::Pending | ApprovalState::Approved => "approval_pending",
-            ApprovalState::Rejected => "approval_rejected",
-            ApprovalState::Expired => "approval_expired",
-        }
-    }
-
-    /// For `_meta` of an MCP tool result and the `approval` field of an error.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-}
-
-/// A held call that may not go on (yet): pending, rejected or expired.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", .status.message())]
-pub struct Refusal {
-    pub plugin: String,
-    pub status: Status,
 }
 
 /// What the gate decided about a held call.

@@ -3,7 +3,7 @@
 //! approval record ([`Gate::admit`]), lets humans vote ([`Gate::decide`]), and makes sure an
 //! approved operation runs once ([`ExecutionClaim`], [`Gate::record_outcome`]).
 //!
-//! Ingress code (the LLM call path in `crate::call`, the MCP endpoint) needs two calls:
+//! Ingress code (the LLM call path and the MCP endpoint) needs two calls:
 //! ```text
 //! match gate.admit(&settings, HeldCall { call, plugin, hold }).await? {
 //!     Admission::Proceed(claim) => { run it; gate.record_outcome(claim, &outcome).await }
@@ -16,10 +16,11 @@
 
 mod fingerprint;
 mod gate;
-mod settings;
 mod webhook;
 
+pub use crate::core::settings::approvals::{
+    ApprovalSettings, DEFAULT_WAIT, MAX_WAIT, RawApprovals, WebhookSettings,
+};
 pub use fingerprint::{canonical_arguments, fingerprint, sha256_hex};
 pub use gate::{Admission, ExecutionClaim, Gate, HeldCall, Refusal, Status};
-pub use settings::{ApprovalSettings, DEFAULT_WAIT, MAX_WAIT, RawApprovals, WebhookSettings};
 pub use webhook::{SIGNATURE_HEADER, payload as webhook_payload, sign as sign_webhook};

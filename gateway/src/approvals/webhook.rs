@@ -18,7 +18,7 @@ use palisade_store::Approval;
 use serde_json::json;
 use sha2::Sha256;
 
-use super::settings::WebhookSettings;
+use crate::core::settings::approvals::WebhookSettings;
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "palisade-signature";

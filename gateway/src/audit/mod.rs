@@ -24,8 +24,8 @@ use std::time::Duration;
 use palisade_store::{NewAuditEvent, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{AuditSettings, Durability, OnAuditFailure};
-use crate::error::CallError;
+use crate::core::error::CallError;
+use crate::core::settings::{AuditSettings, Durability, OnAuditFailure};
 use writer::{Msg, Writer};
 
 /// The handle calls use to record events.

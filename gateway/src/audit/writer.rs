@@ -23,7 +23,7 @@ use std::time::Duration;
 use palisade_store::{NewAuditEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::AuditSettings;
+use crate::core::settings::AuditSettings;
 
 /// What the queue carries.
 // Events are the traffic; boxing them to shrink the rare flush would cost an allocation a call.
@@ -245,7 +245,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    use crate::config::{Durability, OnAuditFailure};
+    use crate::core::settings::{Durability, OnAuditFailure};
 
     /// Refuses (as a data error) any batch holding an event whose target is "bad", fails the
     /// first `transient` appends as unreachable, and records what it wrote and quarantined.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::anthropic::{self, StreamEncoder};
 use crate::wire::errors::{anthropic_error, json_response, openai_error, openai_error_json};

@@ -17,9 +17,10 @@ use super::format::Ingress;
 use super::replay;
 use crate::app::Gateway;
 use crate::approvals::{Admission, ExecutionClaim, HeldCall};
-use crate::error::CallError;
+use crate::core::domain::Hold;
+use crate::core::error::CallError;
 use crate::plugins::Runtime;
-use crate::plugins::bindings::{Call, Hold};
+use crate::plugins::bindings::Call;
 use crate::wire::GatewayBody;
 
 /// A held call the gate let through.

@@ -20,10 +20,11 @@ use std::time::Instant;
 use palisade_store::NewAuditEvent;
 use serde_json::Value;
 
-use crate::app::{Gateway, now_ms};
-use crate::config::Price;
-use crate::drain::ClientGone;
-use crate::error::CallError;
+use crate::app::Gateway;
+use crate::core::clock::now_ms;
+use crate::core::drain::ClientGone;
+use crate::core::error::CallError;
+use crate::core::settings::Price;
 use crate::plugins::bindings::{Call, Completion, Usage};
 use crate::plugins::chain::PluginNote;
 use crate::plugins::{CallSession, Runtime};
@@ -176,7 +177,9 @@ impl Spend {
             u.cost = crate::call::cost_of(self.price.as_ref(), &u);
         } else {
             u.output_tokens = call.max_output_tokens;
-            u.cost = call.max_cost.max(crate::call::cost_of(self.price.as_ref(), &u));
+            u.cost = call
+                .max_cost
+                .max(crate::call::cost_of(self.price.as_ref(), &u));
         }
         u
     }
@@ -291,7 +294,9 @@ impl Parts {
             };
             match self.session.as_mut() {
                 Some(s) => s.notes.push(note),
-                None => self.extras.push(serde_json::to_value(note).unwrap_or_default()),
+                None => self
+                    .extras
+                    .push(serde_json::to_value(note).unwrap_or_default()),
             }
             end.status = 499;
             end.code = Some("client_closed".into());

@@ -30,11 +30,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::app::{Gateway, now_ms};
+use crate::app::Gateway;
 use crate::chain::{self, ChainError};
-use crate::config::{Durability, Price, StreamOverrun};
-use crate::error::CallError;
-use crate::drain::ClientGone;
+use crate::core::clock::now_ms;
+use crate::core::drain::ClientGone;
+use crate::core::error::CallError;
+use crate::core::settings::{Durability, Price, StreamOverrun};
 use crate::plugins::bindings::Usage;
 use crate::plugins::{CallSession, Runtime};
 use crate::providers::{failover, routes};
@@ -43,10 +44,7 @@ use crate::wire::errors::json_response;
 use format::Ingress;
 pub use life::{CallLife, Draft, Ending};
 
-/// Random id with a prefix, e.g. `req_1f0c...`.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{:032x}", rand::random::<u128>())
-}
+pub use crate::core::ids::new_id;
 
 fn empty_usage() -> Usage {
     life::no_usage()
@@ -95,7 +93,17 @@ async fn llm_call(
         gone,
     ));
     let mut token: Option<String> = None;
-    let result = chat_inner(gw, &rt, &request_id, parts, body, &mut life, &mut token, ingress).await;
+    let result = chat_inner(
+        gw,
+        &rt,
+        &request_id,
+        parts,
+        body,
+        &mut life,
+        &mut token,
+        ingress,
+    )
+    .await;
     let (mut resp, end, error) = match result {
         // The streaming task owns the call's life from here.
         Ok(Reply::Streaming(mut resp)) => {

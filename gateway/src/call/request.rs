@@ -7,12 +7,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind};
 use crate::registry::Agent;
 
-/// Output tokens assumed when the agent sets no `max_tokens`.
-pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+pub use crate::core::settings::DEFAULT_MAX_OUTPUT_TOKENS;
 
 /// Longest name (bytes) an agent may choose for a model, tool or prompt.
 pub const MAX_NAME_LEN: usize = 256;

@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use crate::config::Price;
-use crate::error::CallError;
-use crate::ledger::Ledger;
+use crate::core::error::CallError;
+use crate::core::settings::Price;
 use crate::plugins::bindings::{Amount, ReserveError, Unit, Window};
 use crate::plugins::host::{CallHolds, Held};
+use crate::plugins::ledger::Ledger;
 
 /// Output tokens a growth covers beyond what is needed now, so a long stream grows its
 /// reservations every few hundred tokens rather than on every chunk.

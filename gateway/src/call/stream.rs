@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::life::{CallLife, Ending, tokens_of};
 use super::spend_guard::SpendGuard;
 use crate::app::Gateway;
-use crate::config::Durability;
-use crate::error::CallError;
+use crate::core::error::CallError;
+use crate::core::settings::Durability;
 use crate::plugins::CallSession;
 use crate::plugins::bindings::Call;
 use crate::providers::chunks::{ChunkStream, Next};
@@ -31,7 +31,7 @@ pub struct Relay {
     pub life: CallLife,
     pub wants_usage: bool,
     /// The price of the call's target, to cost what it used.
-    pub price: Option<crate::config::Price>,
+    pub price: Option<crate::core::settings::Price>,
     /// Keeps the plugins' reservations ahead of the stream (`None`: let it overrun).
     pub guard: Option<SpendGuard>,
     /// The target that serves the stream (`provider/model`).
@@ -156,7 +156,8 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
                 }
                 if finishing && !flushed {
                     flushed = true;
-                    if let Err(e) = flush(&mut r.out, session, &text_call, &tx, Some(&chunk)).await {
+                    if let Err(e) = flush(&mut r.out, session, &text_call, &tx, Some(&chunk)).await
+                    {
                         break 'relay e;
                     }
                 }
@@ -194,8 +195,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
     }
     if truncated && usage.output_tokens == 0 {
         // Settle a cut stream from what was sent.
-        usage.output_tokens =
-            u32::try_from(tokens_of(r.life.spend.out_chars)).unwrap_or(u32::MAX);
+        usage.output_tokens = u32::try_from(tokens_of(r.life.spend.out_chars)).unwrap_or(u32::MAX);
         usage.input_tokens = input_tokens;
     }
     usage.served_by = r.served_by.clone();

@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::config::ChainSettings;
+use crate::core::settings::ChainSettings;
 
 /// The request and response header carrying the token.
 pub const HEADER: &str = "palisade-chain";
@@ -30,31 +30,7 @@ const SKEW_SECS: u64 = 60;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Why a token was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// Not a token this gateway (or a replica sharing its key) signed, or cut short.
-    #[error("the palisade-chain token is invalid: {0}")]
-    Invalid(&'static str),
-    /// A genuine token past its maximum age.
-    #[error("the palisade-chain token expired {age_secs} s after issue (max age {max_age_secs} s)")]
-    Expired { age_secs: u64, max_age_secs: u64 },
-    /// The agent only acts for other agents and sent no token.
-    #[error(
-        "agent '{agent}' may only be called within a delegation chain: send the palisade-chain header you got from the agent that delegated to it"
-    )]
-    Required { agent: String },
-}
-
-impl ChainError {
-    /// The stable code agents and the audit see.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ChainError::Invalid(_) => "chain_invalid",
-            ChainError::Expired { .. } => "chain_expired",
-            ChainError::Required { .. } => "chain_required",
-        }
-    }
-}
+pub use crate::core::domain::ChainError;
 
 /// A verified (or new) chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

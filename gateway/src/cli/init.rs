@@ -6,7 +6,7 @@ use std::path::Path;
 use palisade_store::{Role, Store};
 
 use super::CliError;
-use crate::config::Settings;
+use crate::core::settings::Settings;
 
 const STARTER: &str = r#"# Palisade: see examples/palisade.toml for every setting.
 database = "sqlite://palisade.db"
@@ -39,7 +39,7 @@ pub async fn run(config: &Path, admin: &str) -> Result<(), CliError> {
     let settings = match Settings::load(config) {
         Ok(s) => s,
         // The starter names a provider key that may not be set yet; the store is all init needs.
-        Err(crate::config::ConfigError::Invalid { .. }) => {
+        Err(crate::core::settings::ConfigError::Invalid { .. }) => {
             let text = std::fs::read_to_string(config)?;
             let text = text
                 .lines()

@@ -135,7 +135,7 @@ pub enum CliError {
     #[error(transparent)]
     Store(#[from] palisade_store::StoreError),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::core::settings::ConfigError),
     /// The audit log failed verification (reported already).
     #[error("the audit log failed verification")]
     VerifyFailed,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::CliError;
-use crate::config::{Instances, OnError, PluginSettings};
+use crate::core::settings::{Instances, OnError, PluginSettings};
 use crate::plugins::HostServices;
 use crate::plugins::bindings::{
     Agent, Call, CallKind, Completion, Hooks, Outcome, Tool, Usage, Verdict,
@@ -450,7 +450,7 @@ async fn test(
     let plugin = &l.plugin;
     let call = to_call(fixture.call)?;
     let hooks = plugin.hooks;
-    let fault = |hook: &str, e: crate::error::PluginFault| {
+    let fault = |hook: &str, e: crate::core::error::PluginFault| {
         CliError::Invalid(format!("{hook} failed ({}): {e}", e.code()))
     };
     let request_id: Arc<str> = Arc::from(call.request_id.as_str());

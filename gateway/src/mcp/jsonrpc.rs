@@ -4,7 +4,7 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::error::{CallError, rpc};
+use crate::core::error::{CallError, rpc};
 use crate::wire::GatewayBody;
 
 pub const PARSE_ERROR: i64 = -32700;

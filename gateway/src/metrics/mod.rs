@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::providers::breaker::Breakers;
-
 /// Histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -83,6 +81,16 @@ pub struct CallObservation<'a> {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_micro_usd: u64,
+}
+
+/// One breaker as `/metrics` shows it (read from the breakers at scrape time).
+#[derive(Debug, Clone)]
+pub struct BreakerGauge {
+    pub target: String,
+    /// 0 closed, 1 half-open, 2 open.
+    pub state: u8,
+    /// Times it opened since the gateway started.
+    pub opened: u64,
 }
 
 #[derive(Default)]
@@ -183,7 +191,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, breakers: &Breakers) -> String {
+    pub fn render(&self, breakers: &[BreakerGauge]) -> String {
         let mut out = String::with_capacity(4096);
         counter(
             &mut out,
@@ -221,19 +229,18 @@ impl Metrics {
             "Attempts that moved a call away from a target.",
             &self.failovers,
         );
-        let all = breakers.all();
         header(
             &mut out,
             "palisade_breaker_state",
             "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
             "gauge",
         );
-        for (t, b) in &all {
+        for b in breakers {
             let _ = writeln!(
                 out,
                 "palisade_breaker_state{{target=\"{}\"}} {}",
-                escape(t),
-                b.state().gauge()
+                escape(&b.target),
+                b.state
             );
         }
         header(
@@ -242,12 +249,12 @@ impl Metrics {
             "Times each target's breaker opened.",
             "counter",
         );
-        for (t, b) in &all {
+        for b in breakers {
             let _ = writeln!(
                 out,
                 "palisade_breaker_opened_total{{target=\"{}\"}} {}",
-                escape(t),
-                b.opened_count()
+                escape(&b.target),
+                b.opened
             );
         }
         counter(
@@ -352,7 +359,7 @@ mod tests {
             cost_micro_usd: 12,
         });
         m.attempt("p/m", "upstream_unavailable");
-        let text = m.render(&Breakers::default());
+        let text = m.render(&[]);
         assert!(
             text.contains("palisade_requests_total{kind=\"llm-call\",status=\"200\"} 1"),
             "{text}"
@@ -371,7 +378,7 @@ mod tests {
         ));
         assert!(text.contains("palisade_failovers_total{from=\"p/m\"} 1"));
         m.audit_quarantined().fetch_add(2, Ordering::Relaxed);
-        let text = m.render(&Breakers::default());
+        let text = m.render(&[]);
         assert!(
             text.contains("\npalisade_audit_quarantined_total 2\n"),
             "{text}"
@@ -399,7 +406,7 @@ mod tests {
                 cost_micro_usd: 1,
             });
         }
-        let text = m.render(&Breakers::default());
+        let text = m.render(&[]);
         assert!(
             text.contains("palisade_upstream_attempts_total{target=\"mock/m1\",outcome=\"ok\"} 1")
         );

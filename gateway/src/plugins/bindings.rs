@@ -14,3 +14,15 @@ pub use palisade::policy::types::{
     Agent, Amount, Call, CallKind, Completion, Deny, Exceeded, Hold, Hooks, Level, Outcome,
     ReserveError, Tool, Unit, Usage, Verdict, Window,
 };
+
+impl From<Hold> for crate::core::domain::Hold {
+    fn from(h: Hold) -> Self {
+        crate::core::domain::Hold {
+            rule: h.rule,
+            approvals: h.approvals,
+            group: h.group,
+            ttl_secs: h.ttl_secs,
+            summary: h.summary,
+        }
+    }
+}

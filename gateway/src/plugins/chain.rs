@@ -14,8 +14,8 @@ use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
 use super::host::CallHolds;
 use super::instance::Instance;
 use super::loaded::LoadedPlugin;
-use crate::config::OnError;
-use crate::error::{CallError, PluginFault};
+use crate::core::error::{CallError, PluginFault};
+use crate::core::settings::OnError;
 
 /// A loaded chain; immutable, swapped whole on reload.
 pub struct Chain {
@@ -248,7 +248,7 @@ impl CallSession {
                     self.held = Some((i, decision));
                     return Err(CallError::ApprovalRequired {
                         plugin,
-                        hold: Box::new(h),
+                        hold: Box::new(h.into()),
                     });
                 }
             }
@@ -291,7 +291,7 @@ impl CallSession {
                 Verdict::Hold(h) => {
                     return Err(CallError::ApprovalRequired {
                         plugin,
-                        hold: Box::new(h),
+                        hold: Box::new(h.into()),
                     });
                 }
             }

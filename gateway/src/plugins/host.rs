@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::palisade::policy::{host, types};
 use super::bindings::{Amount, Level, ReserveError, Unit, Window};
 use super::kv::Kv;
-use crate::ledger::Ledger;
+use crate::plugins::ledger::Ledger;
 
 /// Shared services behind the host imports, one per gateway.
 #[derive(Default)]
@@ -24,7 +24,7 @@ pub struct HostServices {
 }
 
 /// One reservation a plugin holds in the running call, with what it reserved, so the host can
-/// grow it while a stream outruns it (see `crate::call::spend_guard`).
+/// grow it while a stream outruns it (the call pipeline's spend guard).
 #[derive(Debug, Clone)]
 pub struct Held {
     pub id: u64,

@@ -10,7 +10,7 @@ use wasmtime::{Store, UpdateDeadline};
 use super::bindings::{Call, Completion, Hooks, Outcome, Plugin, Tool, Usage};
 use super::host::{CallHolds, HostState};
 use super::loaded::LoadedPlugin;
-use crate::error::PluginFault;
+use crate::core::error::PluginFault;
 
 pub struct Instance {
     store: Store<HostState>,

@@ -15,8 +15,8 @@ use wasmtime::component::Component;
 use super::bindings::{Hooks, PluginPre};
 use super::host::{CallHolds, HostServices, HostState};
 use super::instance::Instance;
-use crate::config::{Instances, PluginSettings};
-use crate::error::PluginFault;
+use crate::core::error::PluginFault;
+use crate::core::settings::{Instances, PluginSettings};
 
 /// Largest plugin file accepted (Python and JS components are tens of MB).
 const MAX_PLUGIN_BYTES: u64 = 128 << 20;

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod host;
 pub mod instance;
 pub mod kv;
+pub mod ledger;
 pub mod loaded;
 pub mod reload;
 

@@ -20,7 +20,7 @@ use super::chain::Chain;
 use super::engine::{EngineLimits, PluginEngine};
 use super::host::HostServices;
 use super::loaded::{self, Compiled, LoadError, LoadedPlugin};
-use crate::config::{ConfigError, Settings};
+use crate::core::settings::{ConfigError, Settings};
 
 /// Everything a call needs from the policy, swapped whole.
 pub struct Runtime {
@@ -82,7 +82,7 @@ impl Overrides {
         }
         for (name, new_url) in &self.mcp_urls {
             for server in settings.mcp.servers.iter_mut().filter(|s| &s.name == name) {
-                if let crate::mcp::settings::ServerKind::Http { url, .. } = &mut server.kind {
+                if let crate::core::settings::mcp::ServerKind::Http { url, .. } = &mut server.kind {
                     url.clone_from(new_url);
                 }
             }

@@ -19,7 +19,7 @@ pub const VERSION: &str = "2023-06-01";
 
 /// `max_tokens` sent when the agent set none (Anthropic requires one); the same number the
 /// gateway reserves budget for (`call::request::DEFAULT_MAX_OUTPUT_TOKENS`).
-pub const DEFAULT_MAX_TOKENS: u64 = crate::call::request::DEFAULT_MAX_OUTPUT_TOKENS as u64;
+pub const DEFAULT_MAX_TOKENS: u64 = crate::core::settings::DEFAULT_MAX_OUTPUT_TOKENS as u64;
 
 /// Canonical fields this adapter translates; any other non-null field is refused.
 const KNOWN: &[&str] = &[
@@ -227,16 +227,6 @@ pub fn finish_reason(stop: &str) -> &'static str {
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
         _ => "stop",
-    }
-}
-
-/// OpenAI `finish_reason` → Anthropic `stop_reason` (for the Anthropic ingress).
-pub fn stop_reason(finish: &str) -> &'static str {
-    match finish {
-        "length" => "max_tokens",
-        "tool_calls" | "function_call" => "tool_use",
-        "content_filter" => "refusal",
-        _ => "end_turn",
     }
 }
 

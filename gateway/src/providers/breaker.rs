@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::config::{BreakerSettings, Target};
-use crate::config::Settings;
+use crate::core::settings::Settings;
 
 /// What a breaker is doing, as shown in `/admin/status` and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +262,18 @@ impl Breakers {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Every breaker as `/metrics` shows it.
+    pub fn gauges(&self) -> Vec<crate::metrics::BreakerGauge> {
+        self.all()
+            .into_iter()
+            .map(|(target, b)| crate::metrics::BreakerGauge {
+                target,
+                state: b.state().gauge(),
+                opened: b.opened_count(),
+            })
+            .collect()
     }
 
     /// How many there are (bounded by the config, whatever the calls ask for).

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::dialect::StreamDecoder;
 use super::sse::SseReader;
-use crate::error::CallError;
+use crate::core::error::CallError;
 
 pub struct ChunkStream {
     body: Incoming,

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::config::ProviderSettings;
 use super::dialect::Outgoing;
-use crate::error::CallError;
+use crate::core::error::CallError;
 
 /// Largest non-streamed answer read from a provider.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
@@ -150,5 +150,5 @@ impl Provider {
 /// target's breaker): connect errors, timeouts, 429 and 5xx. Other 4xx are the request's fault.
 pub fn retryable(e: &CallError) -> bool {
     let spec = e.spec();
-    spec.source == crate::error::Source::Upstream && spec.retryable
+    spec.source == crate::core::error::Source::Upstream && spec.retryable
 }

@@ -12,18 +12,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-/// The wire format a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dialect {
-    /// OpenAI and any OpenAI-compatible server (vLLM, Ollama, Groq, Together...).
-    #[serde(alias = "openai-compatible")]
-    OpenAi,
-    /// Anthropic Messages API.
-    Anthropic,
-    /// Google Gemini `generateContent` / `streamGenerateContent`.
-    Gemini,
-}
+pub use crate::core::settings::providers::Dialect;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {

@@ -23,7 +23,7 @@ use super::client::{Provider, retryable};
 use super::config::Target;
 use super::dialect::TranslateError;
 use super::routes::{Plan, ProviderSet};
-use crate::error::CallError;
+use crate::core::error::CallError;
 use crate::metrics::Metrics;
 
 /// What failover needs from the gateway: the call's snapshot's clients and breakers.

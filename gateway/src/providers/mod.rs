@@ -6,10 +6,11 @@ pub mod anthropic;
 pub mod breaker;
 pub mod chunks;
 pub mod client;
-pub mod config;
 pub mod dialect;
 pub mod failover;
 pub mod gemini;
 pub mod routes;
 pub mod sse;
 pub mod translate;
+
+pub use crate::core::settings::providers as config;

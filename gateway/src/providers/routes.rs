@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::client::Provider;
 use super::config::{DEFAULT_DEADLINE, ProviderSettings, Target};
-use crate::config::{Price, Settings};
-use crate::error::CallError;
+use crate::core::error::CallError;
+use crate::core::settings::{Price, Settings};
 
 /// The provider clients of one config, rebuilt when the `[[providers]]` change.
 pub struct ProviderSet {

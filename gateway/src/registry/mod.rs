@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use palisade_store::{ConfigAgent, KeyAuth, NewAgent, Store, StoreError, SyncReport};
 
-use crate::config::AgentSettings;
-use crate::error::CallError;
+use crate::core::error::CallError;
+use crate::core::settings::AgentSettings;
 
 /// How long a key lookup is trusted before the store is asked again.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);

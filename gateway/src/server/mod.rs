@@ -5,7 +5,9 @@
 //! agent hangs up, hyper drops only the waiting side, and the call goes on to its end, so a
 //! tool call under way is recorded with what it did and a completion is settled from the
 //! provider's usage (the call's finish records it as 499 `client_closed`). The tasks are the
-//! gateway's [`crate::drain::Drain`]'s, so a graceful shutdown waits for them.
+//! gateway's [`crate::core::drain::Drain`]'s, so a graceful shutdown waits for them.
+
+pub mod mcp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +23,8 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::app::Gateway;
 use crate::call;
-use crate::drain::ClientGone;
-use crate::error::CallError;
+use crate::core::drain::ClientGone;
+use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 use crate::wire::errors::{json_response, openai_error};
 
@@ -119,14 +121,16 @@ async fn route(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<GatewayBod
             Err(e) => openai_error(&e, &request_id),
         },
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(GatewayBody::full(gw.metrics.render(&gw.breakers())));
+            let mut r = Response::new(GatewayBody::full(
+                gw.metrics.render(&gw.breakers().gauges()),
+            ));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             r
         }
-        (_, "/mcp") => crate::mcp::handle(gw, request_id.clone(), parts, body).await,
+        (_, "/mcp") => crate::server::mcp::handle(gw, request_id.clone(), parts, body).await,
         (&Method::GET, "/health") if gw.drain.is_draining() => {
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
         }

@@ -11,8 +11,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::error::CallError;
-use crate::providers::anthropic::stop_reason;
+use crate::core::error::CallError;
 
 const KNOWN: &[&str] = &[
     "model",
@@ -345,7 +344,7 @@ fn message_id(id: Option<&Value>) -> String {
     match id.and_then(Value::as_str) {
         Some(id) if id.starts_with("msg_") => id.to_string(),
         Some(id) if !id.is_empty() => format!("msg_{id}"),
-        _ => crate::call::new_id("msg"),
+        _ => crate::core::ids::new_id("msg"),
     }
 }
 
@@ -454,7 +453,7 @@ impl StreamEncoder {
             if id.is_some() || self.open != Some(Block::Tool(index)) {
                 let start = json!({
                     "type": "tool_use",
-                    "id": id.map_or_else(|| crate::call::new_id("toolu"), str::to_string),
+                    "id": id.map_or_else(|| crate::core::ids::new_id("toolu"), str::to_string),
                     "name": tc.pointer("/function/name").cloned().unwrap_or(json!("")),
                     "input": {},
                 });
@@ -502,6 +501,16 @@ impl StreamEncoder {
             "error",
             &crate::wire::errors::anthropic_error_json(e, request_id),
         )
+    }
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason` (for the Anthropic ingress).
+pub fn stop_reason(finish: &str) -> &'static str {
+    match finish {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
     }
 }
 

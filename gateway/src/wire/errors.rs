@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::body::GatewayBody;
-use crate::error::{CallError, ErrorSpec};
+use crate::core::error::{CallError, ErrorSpec};
 
 /// The fields both formats put inside `error`, next to their own `type` and `message`.
 fn details(error: &mut Value, spec: &ErrorSpec<'_>, request_id: &str) {

@@ -32,8 +32,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::dialect::Dialect;
-
 /// A provider key: kept out of `Debug` output so a logged config cannot leak it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -282,6 +280,19 @@ pub fn resolve_breaker(raw: RawBreaker) -> BreakerSettings {
     }
 }
 
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// OpenAI and any OpenAI-compatible server (vLLM, Ollama, Groq, Together...).
+    #[serde(alias = "openai-compatible")]
+    OpenAi,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini `generateContent` / `streamGenerateContent`.
+    Gemini,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,7 +325,7 @@ base_url = "http://127.0.0.1:11434"
 [breaker]
 failures = 3
 "#;
-        let s = crate::config::Settings::from_toml(&dir.join("p.toml"), text).unwrap();
+        let s = crate::core::settings::Settings::from_toml(&dir.join("p.toml"), text).unwrap();
         let list = s.provider_list();
         assert_eq!(list.len(), 2, "no [upstream]: only the declared providers");
         assert_eq!(
@@ -332,13 +343,13 @@ failures = 3
             "keys stay out of Debug"
         );
 
-        let e = crate::config::Settings::from_toml(
+        let e = crate::core::settings::Settings::from_toml(
             &dir.join("p.toml"),
             "[[providers]]\nname='x'\nbase_url='http://a'\napi_key_file='missing'",
         )
         .unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
-        let e = crate::config::Settings::from_toml(&dir.join("p.toml"), "").unwrap_err();
+        let e = crate::core::settings::Settings::from_toml(&dir.join("p.toml"), "").unwrap_err();
         assert!(e.to_string().contains("no provider"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

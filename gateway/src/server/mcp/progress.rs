@@ -11,7 +11,7 @@ use http::{Response, header};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::jsonrpc::{self, error};
+use crate::mcp::jsonrpc::{self, error};
 use crate::wire::GatewayBody;
 
 /// How long a call may take before its answer becomes a stream with progress.

@@ -205,11 +205,11 @@ pub enum CallError {
     #[error("approval required by plugin '{plugin}' (rule '{}'): {}", .hold.rule, .hold.summary)]
     ApprovalRequired {
         plugin: String,
-        hold: Box<crate::plugins::bindings::Hold>,
+        hold: Box<crate::core::domain::Hold>,
     },
     /// A held call may not go on: its approval is pending, rejected or expired.
     #[error(transparent)]
-    Approval(Box<crate::approvals::Refusal>),
+    Approval(Box<crate::core::domain::Refusal>),
     /// A plugin failed and is configured to fail closed.
     #[error("policy plugin '{plugin}' {fault}; the call was refused (fail-closed)")]
     PluginFailed { plugin: String, fault: PluginFault },
@@ -231,7 +231,7 @@ pub enum CallError {
     Conflict(String),
     /// The `palisade-chain` token was refused, or is required and missing.
     #[error(transparent)]
-    Chain(#[from] crate::chain::ChainError),
+    Chain(#[from] crate::core::domain::ChainError),
     #[error("internal error: {0}")]
     Internal(String),
     /// The agent closed the connection before the call ended. Never reaches the agent (there

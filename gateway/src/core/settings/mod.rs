@@ -2,6 +2,10 @@
 //! refused so a typo is an error, not a silently ignored setting); [`Settings`] is the resolved
 //! form the gateway runs on (paths made absolute, defaults filled, keys hashed).
 
+pub mod approvals;
+pub mod mcp;
+pub mod providers;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+/// Output tokens assumed when an agent sets no `max_tokens`.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 /// A config that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +45,12 @@ pub struct RawConfig {
     pub upstream: Option<RawUpstream>,
     /// Providers by name (see `providers::config`).
     #[serde(default)]
-    pub providers: Vec<crate::providers::config::RawProvider>,
+    pub providers: Vec<providers::RawProvider>,
     /// Model aliases: `[routes.<alias>] targets = ["provider/model", ...]`.
     #[serde(default)]
-    pub routes: BTreeMap<String, crate::providers::config::RawRoute>,
+    pub routes: BTreeMap<String, providers::RawRoute>,
     #[serde(default)]
-    pub breaker: crate::providers::config::RawBreaker,
+    pub breaker: providers::RawBreaker,
     #[serde(default)]
     pub plugin_host: RawPluginHost,
     #[serde(default)]
@@ -59,13 +66,13 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, Price>,
     /// `[mcp]`: the `/mcp` endpoint (tool name prefixes, timeouts).
     #[serde(default)]
-    pub mcp: crate::mcp::settings::RawMcp,
+    pub mcp: mcp::RawMcp,
     /// `[[mcp_servers]]`: the upstream MCP servers behind `/mcp`.
     #[serde(default)]
-    pub mcp_servers: Vec<crate::mcp::settings::RawMcpServer>,
+    pub mcp_servers: Vec<mcp::RawMcpServer>,
     /// `[approvals]`: holding calls for human approval.
     #[serde(default)]
-    pub approvals: crate::approvals::RawApprovals,
+    pub approvals: approvals::RawApprovals,
 }
 
 /// `[chain]`: the delegation chain token.
@@ -291,16 +298,16 @@ pub struct Settings {
     /// Whether `[upstream]` is in the file (then it is a provider of its own).
     pub upstream_declared: bool,
     /// `[[providers]]`, resolved (without `[upstream]`; see [`Settings::provider_list`]).
-    pub providers: Vec<crate::providers::config::ProviderSettings>,
-    pub routes: BTreeMap<String, crate::providers::config::RouteSettings>,
-    pub breaker: crate::providers::config::BreakerSettings,
+    pub providers: Vec<providers::ProviderSettings>,
+    pub routes: BTreeMap<String, providers::RouteSettings>,
+    pub breaker: providers::BreakerSettings,
     pub host: PluginHostSettings,
     pub agents: Vec<AgentSettings>,
     pub plugins: Vec<PluginSettings>,
     pub chain: ChainSettings,
     pub prices: BTreeMap<String, Price>,
-    pub mcp: crate::mcp::settings::McpSettings,
-    pub approvals: crate::approvals::ApprovalSettings,
+    pub mcp: mcp::McpSettings,
+    pub approvals: approvals::ApprovalSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +325,7 @@ pub struct UpstreamSettings {
     pub name: String,
     pub base_url: String,
     /// Kept out of `Debug` output.
-    pub api_key: Option<crate::providers::config::Secret>,
+    pub api_key: Option<providers::Secret>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
 }
@@ -381,20 +388,18 @@ impl Settings {
 
     /// Every provider: `[upstream]` (an OpenAI-compatible provider, first, where declared) and
     /// the `[[providers]]` entries.
-    pub fn provider_list(&self) -> Vec<crate::providers::config::ProviderSettings> {
+    pub fn provider_list(&self) -> Vec<providers::ProviderSettings> {
         let mut list = Vec::with_capacity(self.providers.len() + 1);
         if self.upstream_declared {
             let u = &self.upstream;
-            list.push(crate::providers::config::ProviderSettings {
+            list.push(providers::ProviderSettings {
                 name: u.name.clone(),
-                dialect: crate::providers::dialect::Dialect::OpenAi,
+                dialect: providers::Dialect::OpenAi,
                 base_url: u.base_url.clone(),
                 api_key: u.api_key.clone(),
                 connect_timeout: u.connect_timeout,
                 first_byte_timeout: u.timeout,
-                stream_idle_timeout: Duration::from_millis(
-                    crate::providers::config::DEFAULT_STREAM_IDLE_MS,
-                ),
+                stream_idle_timeout: Duration::from_millis(providers::DEFAULT_STREAM_IDLE_MS),
                 timeout: u.timeout,
             });
         }
@@ -474,12 +479,8 @@ impl Settings {
             .upstream
             .as_ref()
             .map(|u| u.name.clone().unwrap_or_else(|| "openai".into()));
-        let providers = crate::providers::config::resolve_providers(
-            raw.providers,
-            &dir,
-            upstream_name.as_deref(),
-        )
-        .map_err(invalid)?;
+        let providers = providers::resolve_providers(raw.providers, &dir, upstream_name.as_deref())
+            .map_err(invalid)?;
         let upstream = match raw.upstream {
             Some(up) => {
                 let base_url = up.base_url.trim_end_matches('/').to_string();
@@ -492,7 +493,7 @@ impl Settings {
                     name: upstream_name.unwrap_or_default(),
                     base_url,
                     api_key: env(&up.api_key_env, "upstream.api_key_env")?
-                        .map(crate::providers::config::Secret::new),
+                        .map(providers::Secret::new),
                     connect_timeout: Duration::from_millis(up.connect_timeout_ms.unwrap_or(2000)),
                     timeout: Duration::from_millis(up.timeout_ms.unwrap_or(120_000)),
                 }
@@ -514,9 +515,8 @@ impl Settings {
         if upstream_declared {
             known.insert(0, upstream.name.as_str());
         }
-        let routes =
-            crate::providers::config::resolve_routes(raw.routes, &known).map_err(invalid)?;
-        let breaker = crate::providers::config::resolve_breaker(raw.breaker);
+        let routes = providers::resolve_routes(raw.routes, &known).map_err(invalid)?;
+        let breaker = providers::resolve_breaker(raw.breaker);
 
         let mut agents = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -657,8 +657,7 @@ impl Settings {
             }
         };
 
-        let mcp =
-            crate::mcp::settings::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
+        let mcp = mcp::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
         Ok(Settings {
             mcp,
             approvals,

@@ -26,17 +26,19 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::catalog::Hub;
-use super::changes::Listing;
-use super::jsonrpc::{self, error, result, tool_error};
-use super::upstream::UpstreamError;
+pub use super::held::APPROVAL_META;
+use super::held::{Gated, gated, record, refusal, with_approval};
+use super::uris::expose_uris;
 use crate::app::Gateway;
-use crate::approvals::{Admission, ExecutionClaim, HeldCall};
 use crate::call::life::no_usage;
 use crate::call::request::{MAX_NAME_LEN, MAX_URI_LEN, check_name};
 use crate::call::{CallLife, Draft, Ending};
-use crate::error::CallError;
-use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Hold, Tool};
+use crate::core::error::CallError;
+use crate::mcp::catalog::Hub;
+use crate::mcp::changes::Listing;
+use crate::mcp::jsonrpc::{self, error, result, tool_error};
+use crate::mcp::upstream::UpstreamError;
+use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind, Tool};
 use crate::plugins::{CallSession, Runtime};
 use crate::registry::Agent;
 
@@ -51,7 +53,7 @@ pub struct Ctx<'a> {
     pub session: &'a str,
     pub headers: &'a HeaderMap,
     /// Whether the agent hung up (the call goes on; its audit says so).
-    pub gone: crate::drain::ClientGone,
+    pub gone: crate::core::drain::ClientGone,
     /// The stateless 2026-07-28 revision: results carry `resultType`.
     pub modern: bool,
 }
@@ -204,9 +206,7 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
     let draft = &mut life.draft;
     let reply = match (listing, item) {
         (Some(l), _) => list(ctx, id, call, l, &mut out).await,
-        (None, Some(item)) => {
-            use_item(ctx, id, params, call, &token, draft, &mut out, item).await
-        }
+        (None, Some(item)) => use_item(ctx, id, params, call, &token, draft, &mut out, item).await,
         (None, None) => complete_ref(ctx, id, params, call, &token, draft, &mut out).await,
     };
     // The one finish: on-complete for uses, then the audit event (MCP answers are HTTP 200;
@@ -247,7 +247,13 @@ fn mark(v: &mut Value, list: bool) {
 
 fn begin(ctx: &Ctx<'_>, method: &str, listing: bool) -> CallLife {
     let kind = if listing { "tool-list" } else { "tool-call" };
-    let mut life = CallLife::begin(ctx.gw, ctx.rt, ctx.request_id.clone(), kind, ctx.gone.clone());
+    let mut life = CallLife::begin(
+        ctx.gw,
+        ctx.rt,
+        ctx.request_id.clone(),
+        kind,
+        ctx.gone.clone(),
+    );
     let e = &mut life.draft.event;
     e.target = method.into();
     e.agent = Some(ctx.agent.id.clone());
@@ -496,100 +502,8 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// The `_meta` key of an approval's state in a tool result.
-pub const APPROVAL_META: &str = "palisade/approval";
-
-/// What the approvals gate made of a held tool call.
-enum Gated {
-    /// Approved, and this call holds the one claim to run it.
-    Proceed(ExecutionClaim),
-    /// Answered without running: the stored result of the identical call that ran, or the
-    /// approval's state (pending, rejected, expired); with the audit's error code.
-    Answer(Value, Option<String>),
-}
-
-/// A tool result carrying the approval's state in `_meta`.
-fn with_approval(mut v: Value, approval: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        let meta = m.entry("_meta").or_insert_with(|| json!({}));
-        if let Value::Object(meta) = meta {
-            meta.insert(APPROVAL_META.into(), approval);
-        } else {
-            *meta = json!({ APPROVAL_META: approval });
-        }
-    }
-    v
-}
-
-/// Hand a hold to the approvals gate, which waits (bounded) for the humans.
-async fn gated(ctx: &Ctx<'_>, call: &Call, plugin: &str, hold: &Hold) -> Result<Gated, CallError> {
-    let held = HeldCall { call, plugin, hold };
-    match ctx
-        .gw
-        .approvals
-        .admit(&ctx.rt.settings.approvals, held)
-        .await?
-    {
-        Admission::Proceed(claim) => Ok(Gated::Proceed(claim)),
-        Admission::AlreadyExecuted { status, outcome } => {
-            let stored: Value = serde_json::from_str(&outcome).unwrap_or_default();
-            let mut meta = status.to_json();
-            meta["replayed"] = json!(true);
-            let result = match stored["body"].as_str().map(serde_json::from_str::<Value>) {
-                Some(Ok(v @ Value::Object(_))) if stored["status"] == 200 => v,
-                _ => {
-                    let text = format!(
-                        "approval {} was already used by an identical call whose result was not \
-                         kept; it will not run again",
-                        status.id
-                    );
-                    return Ok(Gated::Answer(
-                        with_approval(tool_error(text), meta),
-                        Some("approval_used".into()),
-                    ));
-                }
-            };
-            Ok(Gated::Answer(with_approval(result, meta), None))
-        }
-        Admission::Refused(r) => Ok(Gated::Answer(
-            with_approval(tool_error(r.status.message()), r.status.to_json()),
-            Some(r.status.code().into()),
-        )),
-    }
-}
-
-/// Store a claimed call's tool result for later identical calls (the LLM path's format).
-async fn record(ctx: &Ctx<'_>, claim: ExecutionClaim, result: &Value) {
-    let id = claim.approval_id().to_string();
-    let outcome = json!({"status": 200, "body": result.to_string()}).to_string();
-    if let Err(e) = ctx.gw.approvals.record_outcome(claim, &outcome).await {
-        tracing::error!(approval = %id, "cannot store an approved tool call's result: {e}");
-    }
-}
-
-/// A refusal of a prompt or resource (which have no error results): the message, with the
-/// stable code and what else the tool result carried (an approval's state) in `data`.
-fn refusal(id: &Value, code: i64, stable: &str, tool_result: &Value) -> Value {
-    let text = tool_result
-        .pointer("/content/0/text")
-        .and_then(Value::as_str)
-        .unwrap_or("refused by policy");
-    let mut data = json!({"code": stable});
-    if let Some(a) = tool_result.pointer(&format!("/_meta/{APPROVAL_META}")) {
-        data["approval"] = a.clone();
-    }
-    error(id, code, text, Some(data))
-}
-
-/// The longest name an agent may use for `item` (a resource is named by its URI).
-fn max_len(item: Item) -> usize {
-    match item {
-        Item::Tool | Item::Prompt => MAX_NAME_LEN,
-        Item::Resource => MAX_URI_LEN,
-    }
-}
-
 /// `tools/call`, `prompts/get` and `resources/read`.
+#[allow(clippy::too_many_arguments)]
 async fn use_item(
     ctx: &Ctx<'_>,
     id: &Value,
@@ -685,7 +599,7 @@ async fn use_item(
                     let is_error = v.get("isError").and_then(Value::as_bool).unwrap_or(false);
                     facts.is_error = Some(is_error);
                     mark(&mut v, ctx.modern);
-                    
+
                     let reply = if is_error {
                         refused(code.as_deref().unwrap_or("approval_required"), v)
                     } else {
@@ -715,7 +629,12 @@ async fn use_item(
                         "a plugin rewrote the {} request into something that cannot be sent",
                         item.noun()
                     );
-                    out.end(Some(session), Some(call), facts, Some("internal_error".into()));
+                    out.end(
+                        Some(session),
+                        Some(call),
+                        facts,
+                        Some("internal_error".into()),
+                    );
                     return error(id, jsonrpc::INTERNAL_ERROR, e, None);
                 }
             }
@@ -746,7 +665,7 @@ async fn use_item(
                 }
                 other => jsonrpc::call_error(id, other).1,
             };
-                    
+
             out.end(Some(session), Some(call), facts, Some(code));
             return reply;
         }
@@ -769,7 +688,7 @@ async fn use_item(
             .is_ok_and(|kept| !kept.is_empty());
         if !visible {
             let code = "unknown_tool".to_string();
-                    
+
             out.end(Some(session), Some(call), facts, Some(code));
             return item.unknown(id, name, ctx.modern);
         }
@@ -804,7 +723,7 @@ async fn use_item(
                     "upstream_unavailable",
                 ),
             };
-                    
+
             out.end(Some(session), Some(call), facts, Some(code.into()));
             return reply;
         }
@@ -852,65 +771,20 @@ async fn use_item(
     };
     match reply {
         Ok(r) => {
-                    
             out.end(Some(session), Some(call), facts, None);
             r
         }
         Err((code, r)) => {
-                    
             out.end(Some(session), Some(call), facts, Some(code));
             r
         }
     }
 }
 
-/// Resource URIs in a result as the agent must ask for them (`server+uri`): a read's contents,
-/// and resource links and embedded resources in tool results and prompt messages.
-fn expose_uris(v: &mut Value, item: Item, hub: &Hub, server: usize) {
-    let fix = |u: Option<&mut Value>| {
-        if let Some(u) = u
-            && let Some(s) = u.as_str()
-        {
-            *u = json!(hub.exposed_uri(server, s));
-        }
-    };
-    let fix_block = |c: &mut Value| match c.get("type").and_then(Value::as_str) {
-        Some("resource_link") => fix(c.get_mut("uri")),
-        Some("resource") => fix(c.get_mut("resource").and_then(|r| r.get_mut("uri"))),
-        _ => {}
-    };
+/// The longest name an agent may use for `item` (a resource is named by its URI).
+fn max_len(item: Item) -> usize {
     match item {
-        Item::Resource => {
-            for c in v
-                .get_mut("contents")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                fix(c.get_mut("uri"));
-            }
-        }
-        Item::Tool => {
-            for c in v
-                .get_mut("content")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                fix_block(c);
-            }
-        }
-        Item::Prompt => {
-            for m in v
-                .get_mut("messages")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(c) = m.get_mut("content") {
-                    fix_block(c);
-                }
-            }
-        }
+        Item::Tool | Item::Prompt => MAX_NAME_LEN,
+        Item::Resource => MAX_URI_LEN,
     }
 }
