@@ -206,6 +206,35 @@ fn tool_answer(v: &Value) -> (bool, String) {
     )
 }
 
+/// Ask for a slow streamed answer over a raw connection, read its first event, and hang up;
+/// returns how many bytes the agent read.
+async fn hang_up_mid_stream(addr: &SocketAddr) -> Result<usize, DemoError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| DemoError::Gateway(format!("hang-up scene: {e}"));
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 200,
+        "messages": [{"role": "user", "content":
+            "[mock:chunk_delay_ms=100] Tell me everything about my order, slowly please"}]})
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\n\
+         authorization: Bearer pk-demo-support-bot\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.map_err(io)?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = s.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(seen.len())
+}
+
 fn say(title: &str) {
     println!("\n\x1b[1m== {title}\x1b[0m");
 }
@@ -504,7 +533,41 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         || format!("held: {held} | {first} | {again}"),
     )?;
 
-    say("8. The auditor asks: every agent and its owner, and support-bot's log for today");
+    say("8. An agent hangs up mid-answer: the call is still charged and audited, once");
+    let hung = hang_up_mid_stream(&addr).await?;
+    // The gateway finishes the call after the agent left; wait for it, then for its audit row.
+    gw.drain.wait_idle(std::time::Duration::from_secs(10)).await;
+    gw.audit
+        .flush()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let filter = palisade_store::AuditFilter {
+        agent: Some("support-bot".into()),
+        status: Some(499),
+        ..Default::default()
+    };
+    let rows: Vec<palisade_store::AuditRecord> =
+        futures_util::TryStreamExt::try_collect(gw.store.audit_stream(filter))
+            .await
+            .map_err(store_err)?;
+    let row = rows.last();
+    println!("   the agent read {hung} bytes of the stream, then closed the connection");
+    if let Some(r) = row {
+        println!(
+            "   audited: {} {} · {} output tokens streamed · {} micro-USD settled",
+            r.status,
+            r.error_code.as_deref().unwrap_or(""),
+            r.output_tokens,
+            r.cost_micro_usd
+        );
+    }
+    expect(
+        "hang up",
+        rows.len() == 1 && rows[0].truncated && rows[0].cost_micro_usd > 0,
+        || format!("{rows:?}"),
+    )?;
+
+    say("9. The auditor asks: every agent and its owner, and support-bot's log for today");
     // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
     let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
     let auditor = gw
@@ -525,8 +588,11 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         let cols: Vec<&str> = line.splitn(5, ',').collect();
         println!("   {}", cols[..cols.len().min(4)].join(" | "));
     }
-    // Batched audit writes land within milliseconds; give them a moment.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // Batched audit writes land within milliseconds; flush them before reading.
+    gw.audit
+        .flush()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
     let today =
         palisade_store::time::format_rfc3339_ms(crate::core::clock::now_ms())[..10].to_string();
     let path =
