@@ -622,3 +622,33 @@ async fn compiled_plugins_are_cached_on_disk() {
         gw.status().await["policy_version"]
     );
 }
+
+/// Issue 15: a plugin touches only its own reservations. Behind `budget` (which holds this
+/// call's reservation), a plugin that tries every small reservation id settles none of them,
+/// a scope with a control character is refused, and its own reservation settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_settles_only_its_own_reservations() {
+    let toml = format!(
+        "[[plugins]]\nname = \"budget\"\npath = \"budget.wasm\"\n\
+         [plugins.config.defaults.agent]\nmicro_usd = {{ day = 100000000 }}\n{}",
+        fixture("abuser", "", "mode = \"ledger-abuse\"")
+    );
+    let prices = "[prices.\"mock/gpt-4o-mini\"]\ninput_per_mtok = 10.0\noutput_per_mtok = 100.0\n";
+    let gw =
+        TestGateway::start_full(Db::Sqlite, &["budget", "fixture"], &toml, false, prices).await;
+    // Other calls leave settled and open reservations with small ids behind.
+    for _ in 0..3 {
+        gw.chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "warm"))
+            .await;
+    }
+    let r = gw
+        .chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "abuse"))
+        .await;
+    assert_eq!(r.code(), "fixture_ledger", "{:?}", r.json);
+    assert_eq!(
+        r.message(),
+        "bad_scope_refused=true foreign_settled=0 own_settled=true",
+        "{:?}",
+        r.json
+    );
+}

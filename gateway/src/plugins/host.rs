@@ -184,6 +184,21 @@ impl HostState {
     }
 }
 
+/// Most bytes in a ledger scope.
+const MAX_SCOPE_BYTES: usize = 256;
+
+/// A scope is a short, printable key (`agent:<id>`, `team:<name>`, `run:<id>`): no control
+/// characters, not empty, at most [`MAX_SCOPE_BYTES`].
+fn check_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty() || scope.len() > MAX_SCOPE_BYTES || scope.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid ledger scope {:?}: 1 to {MAX_SCOPE_BYTES} bytes with no control characters",
+            scope.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -217,6 +232,9 @@ impl host::Host for HostState {
     }
 
     async fn reserve(&mut self, amounts: Vec<Amount>) -> Result<u64, ReserveError> {
+        if let Some(bad) = amounts.iter().find_map(|a| check_scope(&a.scope).err()) {
+            return Err(ReserveError::Unavailable(bad));
+        }
         let t = Instant::now();
         let r = self.services.ledger.reserve(&amounts).await;
         self.host_time += t.elapsed();
@@ -232,6 +250,13 @@ impl host::Host for HostState {
         micro_usd: u64,
         tokens: u64,
     ) -> Result<(), String> {
+        // A plugin settles only what it reserved in this call: ids are guessable, and settling
+        // another call's reservation would free (or charge) someone else's budget.
+        if !self.reservations.contains(&reservation) {
+            return Err(format!(
+                "reservation {reservation} was not made by this plugin in this call"
+            ));
+        }
         let t = Instant::now();
         let r = self
             .services
