@@ -116,6 +116,7 @@ impl Gateway {
             rt.settings.audit.clone(),
             metrics.audit_quarantined(),
         );
+        let drain = crate::core::drain::Drain::default();
         let first = Upstreams::build(&rt.settings, None);
         metrics.set_known(first.labels(&rt.settings));
         let gw = Arc::new(Gateway {
@@ -127,13 +128,13 @@ impl Gateway {
             upstream_builds: AtomicU64::new(1),
             metrics,
             policy,
-            approvals: crate::approvals::Gate::new(store.clone()),
+            approvals: crate::approvals::Gate::new(store.clone(), drain.clone()),
             store,
             registry,
             audit,
             services,
             chain_fallback: crate::chain::random_key(),
-            drain: crate::core::drain::Drain::default(),
+            drain,
         });
         let weak = Arc::downgrade(&gw);
         gw.policy.set_prepare(Box::new(move |rt| {

@@ -14,6 +14,7 @@ use super::fingerprint::{canonical_arguments, fingerprint, sha256_hex};
 use super::webhook::Webhook;
 use crate::core::domain::Hold;
 pub use crate::core::domain::{ApprovalStatus as Status, Refusal};
+use crate::core::drain::Drain;
 use crate::core::error::CallError;
 use crate::core::settings::approvals::ApprovalSettings;
 use crate::plugins::bindings::{Call, CallKind};
@@ -52,6 +53,8 @@ pub struct ExecutionClaim {
     claimed_at: Option<i64>,
     store: Option<Store>,
     decided: Arc<Notify>,
+    /// Closing an abandoned claim is work a graceful shutdown waits for.
+    drain: Drain,
 }
 
 impl ExecutionClaim {
@@ -68,8 +71,8 @@ impl Drop for ExecutionClaim {
         let id = self.status.id.clone();
         let claimed_at = self.claimed_at;
         let decided = self.decided.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.drain.spawn(async move {
                 let outcome = serde_json::json!({
                     "status": 0,
                     "body": "the approved call was started but its outcome was not kept",
@@ -90,6 +93,7 @@ impl Drop for ExecutionClaim {
 /// Turns holds into approvals and votes into decisions. One per gateway.
 pub struct Gate {
     store: Store,
+    drain: Drain,
     webhook: Webhook,
     /// Woken on every decision and outcome made through this process.
     decided: Arc<Notify>,
@@ -116,9 +120,10 @@ fn is_owner(owner: &str, user: &User) -> bool {
 }
 
 impl Gate {
-    pub fn new(store: Store) -> Gate {
+    pub fn new(store: Store, drain: Drain) -> Gate {
         Gate {
             store,
+            drain,
             webhook: Webhook::default(),
             decided: Arc::new(Notify::new()),
         }
@@ -199,6 +204,7 @@ impl Gate {
                                 claimed_at: a.claimed_at,
                                 store: Some(self.store.clone()),
                                 decided: self.decided.clone(),
+                                drain: self.drain.clone(),
                             }));
                         }
                         Claim::Taken(t) if t.execution == Execution::Done => {

@@ -35,6 +35,16 @@ struct Inner {
     cut: watch::Sender<bool>,
 }
 
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("draining", &self.is_draining())
+            .field("cut", &self.is_cut())
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
 impl Default for Drain {
     fn default() -> Self {
         Drain {
