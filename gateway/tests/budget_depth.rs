@@ -507,3 +507,70 @@ async fn calls_per_run_are_counted_in_the_shared_ledger() {
     // Another run is not affected.
     assert_eq!(agent_a(&gw, None).await.status, 200);
 }
+
+/// Issue 15: budgets set through the admin API are enforced. An agent created with
+/// `usd.day = 0.015` (one and a half calls' worst case) is stopped at its cap although the config's
+/// default allows $5 a day, with no edit of `palisade.toml`; an entry that is not limits
+/// fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_set_through_the_api_are_enforced() {
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        budget("[plugins.config.defaults.agent]\nusd = { day = 5.0 }")
+    );
+    let gw = TestGateway::start_full(Db::Sqlite, &["budget"], &plugins, false, PRICES).await;
+    let (s, v) = gw
+        .admin(
+            "POST",
+            "/admin/api/agents",
+            ADMIN_TOKEN,
+            json!({"id": "thrifty-bot", "owner": "dana@example.com", "team": "ops",
+                   "budgets": {"usd": {"day": 0.015}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let key = v["key"]["secret"].as_str().unwrap().to_string();
+    let mut served = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let r = gw.chat(&key, &body(&format!("call {i}"))).await;
+        match r.status {
+            200 => served += 1,
+            _ => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the API-set cap stops the agent");
+    assert_eq!(refused.status, 429, "{:?}", refused.json);
+    assert_eq!(refused.code(), "budget_exceeded");
+    assert!(
+        refused.message().contains("agent:thrifty-bot"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        (1..20).contains(&served),
+        "served {served} calls under a $0.015 cap"
+    );
+
+    // A registry entry that is not limits is refused, not ignored.
+    let (s, v) = gw
+        .admin(
+            "PATCH",
+            "/admin/api/agents/thrifty-bot",
+            ADMIN_TOKEN,
+            json!({"budgets": {"usd": {"fortnight": 1.0}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = gw.chat(&key, &body("again")).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "budget_invalid"),
+        "{:?}",
+        r.json
+    );
+}

@@ -29,18 +29,28 @@ pub struct Agent {
     pub labels: Vec<(String, String)>,
 }
 
+/// The label under which plugins see the budgets the registry holds for an agent (set with
+/// the admin API or `[[agents]] budgets`), as JSON in the `budget` plugin's limits format,
+/// e.g. `{"usd":{"day":0.01}}`. The `budget` plugin enforces them.
+pub const BUDGETS_LABEL: &str = "palisade.budgets";
+
 impl From<&palisade_store::Agent> for Agent {
     fn from(a: &palisade_store::Agent) -> Self {
+        let mut labels: Vec<(String, String)> = a
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != BUDGETS_LABEL)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if a.budgets.as_object().is_some_and(|o| !o.is_empty()) {
+            labels.push((BUDGETS_LABEL.to_string(), a.budgets.to_string()));
+        }
         Agent {
             id: a.id.clone(),
             name: a.name.clone(),
             owner: a.owner.clone(),
             team: a.team.clone(),
-            labels: a
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels,
         }
     }
 }

@@ -22,6 +22,13 @@
 //! [plugins.config.teams.support]
 //! usd = { month = 100.0 }
 //! ```
+//! An agent whose registry entry has budgets (set with `POST /admin/api/agents` or
+//! `[[agents]] budgets` in `palisade.toml`; the host passes them as the label
+//! `palisade.budgets`, JSON in the format above, e.g. `{"usd":{"day":0.01}}`) has those as its
+//! agent limits instead of `defaults.agent`; `[plugins.config.agents.<id>]` still wins. A
+//! registry entry that does not parse as limits is refused (fail closed: 403
+//! `budget_invalid`) rather than ignored.
+//!
 //! `on-request` reserves the call's worst case (`call.max-cost`: estimated input plus
 //! `max_tokens` output; tokens likewise) against every limit that applies, all or nothing, and
 //! denies with HTTP 429 `budget_exceeded` naming the scope, its spend and its limit.
@@ -175,15 +182,37 @@ impl Limits {
     }
 }
 
+/// The label the host puts the agent's registry budgets under.
+const BUDGETS_LABEL: &str = "palisade.budgets";
+
+/// The agent's budgets from the registry, if it has any.
+fn registry_budgets(call: &Call) -> Result<Option<Limits>, String> {
+    let Some((_, json)) = call.agent.labels.iter().find(|(k, _)| k == BUDGETS_LABEL) else {
+        return Ok(None);
+    };
+    let limits: Limits = serde_json::from_str(json).map_err(|e| {
+        format!(
+            "agent '{}' has registry budgets that are not limits: {e}",
+            call.agent.id
+        )
+    })?;
+    limits.validate("registry budgets")?;
+    Ok(Some(limits))
+}
+
 impl Budget {
-    /// The scopes that apply to a call, with their limits.
-    fn scopes(&self, call: &Call) -> Vec<(String, &Limits)> {
+    /// The scopes that apply to a call, with their limits; an error if the agent's registry
+    /// budgets do not parse.
+    fn scopes(&self, call: &Call) -> Result<Vec<(String, std::borrow::Cow<'_, Limits>)>, String> {
+        use std::borrow::Cow;
         let mut out = Vec::new();
-        let agent = self
-            .rules
-            .agents
-            .get(&call.agent.id)
-            .or(self.rules.defaults.agent.as_ref());
+        let agent = match self.rules.agents.get(&call.agent.id) {
+            Some(l) => Some(Cow::Borrowed(l)),
+            None => match registry_budgets(call)? {
+                Some(l) => Some(Cow::Owned(l)),
+                None => self.rules.defaults.agent.as_ref().map(Cow::Borrowed),
+            },
+        };
         if let Some(l) = agent {
             out.push((format!("agent:{}", call.agent.id), l));
         }
@@ -194,15 +223,15 @@ impl Budget {
                 .get(&call.agent.team)
                 .or(self.rules.defaults.team.as_ref());
             if let Some(l) = team {
-                out.push((format!("team:{}", call.agent.team), l));
+                out.push((format!("team:{}", call.agent.team), Cow::Borrowed(l)));
             }
         }
         if let Some(l) = &self.rules.defaults.run
             && !call.run_id.is_empty()
         {
-            out.push((format!("run:{}", call.run_id), l));
+            out.push((format!("run:{}", call.run_id), Cow::Borrowed(l)));
         }
-        out
+        Ok(out)
     }
 
     fn shadow_check(&self, amounts: &[Amount]) -> Option<String> {
@@ -252,7 +281,10 @@ impl Plugin for Budget {
         if call.kind == CallKind::ToolList {
             return Outcome::allow();
         }
-        let scopes = self.scopes(call);
+        let scopes = match self.scopes(call) {
+            Ok(s) => s,
+            Err(e) => return Outcome::deny(403, "budget_invalid", e),
+        };
         if scopes.is_empty() {
             return Outcome::allow();
         }
