@@ -206,6 +206,58 @@ fn tool_answer(v: &Value) -> (bool, String) {
     )
 }
 
+/// Scene 5: an agent stuck in a loop spends until its dollar cap (the registry's `budgets` of
+/// intern-bot in the example config) stops it; what it spent, and what a weekend at that rate
+/// would have cost without the cap.
+async fn runaway(client: &Client2, gw: &Gateway) -> Result<(), DemoError> {
+    say(
+        "5. A runaway agent: intern-bot re-summarises the same report in a loop until its $0.25 cap stops it",
+    );
+    let report =
+        "Quarterly revenue grew in every region; churn fell; costs rose slightly. ".repeat(80);
+    let started = std::time::Instant::now();
+    let (mut served, mut stop) = (0u32, None);
+    for i in 0..200 {
+        let body = json!({"model": "gpt-4o", "max_tokens": 1500, "messages": [
+            {"role": "user", "content": format!("Summarise this report again (attempt {i}): {report}")}]});
+        let (status, body, _) = client.chat("pk-demo-intern-bot", body).await?;
+        if status == 200 {
+            served += 1;
+        } else {
+            stop = Some((status, body));
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(0.001);
+    let spent = gw
+        .store
+        .spent(
+            "agent:intern-bot",
+            palisade_store::Unit::MicroUsd,
+            palisade_store::Window::Day,
+        )
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let usd = spent as f64 / 1e6;
+    let weekend = usd / elapsed * 60.0 * 3600.0;
+    let code = stop
+        .as_ref()
+        .and_then(|(_, b)| b.pointer("/error/code").and_then(Value::as_str))
+        .unwrap_or("");
+    println!(
+        "   {served} calls in {elapsed:.1} s, then HTTP {} {code}",
+        stop.as_ref().map_or(0, |s| s.0)
+    );
+    println!(
+        "   spent ${usd:.4} of its $0.25 day; uncapped, a weekend (60 h) of this loop at the mock's speed: ${weekend:.0}"
+    );
+    expect(
+        "runaway agent",
+        served > 0 && code == "budget_exceeded" && usd <= 0.25,
+        || format!("{served} served, spent {usd}, {stop:?}"),
+    )
+}
+
 /// Ask for a slow streamed answer over a raw connection, read its first event, and hang up;
 /// returns how many bytes the agent read.
 async fn hang_up_mid_stream(addr: &SocketAddr) -> Result<usize, DemoError> {
@@ -387,7 +439,9 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     )?;
     println!("   The loop cost a few calls, not a weekend.");
 
-    say("5. A provider outage: the `resilient` route's primary is down; the call fails over");
+    runaway(&client, &gw).await?;
+
+    say("6. A provider outage: the `resilient` route's primary is down; the call fails over");
     let (status, body, provider) = client
         .chat(
             "pk-demo-support-bot",
@@ -413,7 +467,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
     )?;
 
     say(
-        "6. Tools: each agent sees and uses only the tools and resources tool-acl grants (MCP at /mcp)",
+        "7. Tools: each agent sees and uses only the tools and resources tool-acl grants (MCP at /mcp)",
     );
     let support = McpSession::open(&client, "pk-demo-support-bot").await?;
     let research = McpSession::open(&client, "pk-demo-research-bot").await?;
@@ -468,7 +522,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         },
     )?;
 
-    say("7. A human in the loop: support-bot's email waits for an approver, then goes out once");
+    say("8. A human in the loop: support-bot's email waits for an approver, then goes out once");
     let email = json!({"name": "desk__send_email", "arguments": {
         "to": "ada@example.com", "subject": "Your refund", "body": "Refund of 120 EUR approved."}});
     let (_, held) = tool_answer(&support.rpc("tools/call", email.clone()).await?);
@@ -533,7 +587,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         || format!("held: {held} | {first} | {again}"),
     )?;
 
-    say("8. An agent hangs up mid-answer: the call is still charged and audited, once");
+    say("9. An agent hangs up mid-answer: the call is still charged and audited, once");
     let hung = hang_up_mid_stream(&addr).await?;
     // The gateway finishes the call after the agent left; wait for it, then for its audit row.
     gw.drain.wait_idle(std::time::Duration::from_secs(10)).await;
@@ -567,7 +621,7 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         || format!("{rows:?}"),
     )?;
 
-    say("9. The auditor asks: every agent and its owner, and support-bot's log for today");
+    say("10. The auditor asks: every agent and its owner, and support-bot's log for today");
     // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
     let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
     let auditor = gw

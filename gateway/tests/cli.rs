@@ -179,7 +179,16 @@ fn the_demo_runs_every_scene() {
             "{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for scene in ["== 1.", "== 5.", "== 6.", "== 7.", "== 8.", "intact: true"] {
+        for scene in [
+            "== 1.",
+            "== 5.",
+            "== 6.",
+            "== 7.",
+            "== 8.",
+            "== 9.",
+            "== 10.",
+            "intact: true",
+        ] {
             assert!(stdout.contains(scene), "{scene} missing:\n{stdout}");
         }
         assert!(
