@@ -53,9 +53,8 @@ fn depth(config: &str) -> String {
     format!("[[plugins]]\nname = \"depth\"\npath = \"depth.wasm\"\n[plugins.config]\n{config}\n")
 }
 
-/// The budget plugin. Its deadline is raised from the default 20 ms: the deadline is wall time
-/// minus host calls, and 100 concurrent calls through two gateways, the mock and the database on
-/// a two-core test machine keep a yielded hook waiting for a worker thread longer than that.
+/// The budget plugin, with a raised deadline so these tests are about budgets; the default
+/// 20 ms under a burst is `a_burst_through_the_governed_chain_has_no_plugin_timeout`.
 fn budget(config: &str) -> String {
     format!(
         "[[plugins]]\nname = \"budget\"\npath = \"budget.wasm\"\ndeadline_ms = 1000\n[plugins.config]\n{config}\n"
@@ -506,4 +505,71 @@ async fn calls_per_run_are_counted_in_the_shared_ledger() {
     assert_eq!(counted, 3, "the three calls let through are in the ledger");
     // Another run is not affected.
     assert_eq!(agent_a(&gw, None).await.status, 200);
+}
+
+/// Issue 15: a burst of 500 concurrent calls through model-allow, depth and budget, each at the
+/// default 20 ms deadline, twice, on two worker threads. Waiting for a worker thread after an
+/// epoch yield is not the plugin's work, so no call fails with `plugin_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_through_the_governed_chain_has_no_plugin_timeout() {
+    let plugins = format!(
+        r#"{}
+[[plugins]]
+name = "model-allow"
+path = "model-allow.wasm"
+deadline_ms = 20
+[plugins.config]
+default = ["gpt-4o-mini"]
+
+[[plugins]]
+name = "depth"
+path = "depth.wasm"
+deadline_ms = 20
+[plugins.config]
+max_depth = 5
+
+[[plugins]]
+name = "budget"
+path = "budget.wasm"
+deadline_ms = 20
+[plugins.config.defaults.agent]
+micro_usd = {{ day = 100000000000 }}
+"#,
+        agents()
+    );
+    // Up to three instances per call in flight.
+    let extra = format!("plugin_host.max_instances = 2000\n{PRICES}");
+    let names = ["model-allow", "depth", "budget"];
+    let gw = TestGateway::start_full(Db::Sqlite, &names, &plugins, false, &extra).await;
+    let keys = [A_KEY, B_KEY, C_KEY];
+    let (mut ok, mut timeouts, mut other) = (0, Vec::new(), Vec::new());
+    for round in 0..2 {
+        let calls = (0..500).map(|i| {
+            let gw = &gw;
+            async move {
+                gw.chat(keys[i % 3], &body(&format!("burst {round} {i}")))
+                    .await
+            }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            match (r.status, r.code()) {
+                (200, _) => ok += 1,
+                (_, "plugin_timeout") => timeouts.push(r.json),
+                _ => other.push(r.json),
+            }
+        }
+    }
+    assert!(
+        timeouts.is_empty(),
+        "{} of 1000 calls hit plugin_timeout, e.g. {}",
+        timeouts.len(),
+        timeouts[0]
+    );
+    assert!(
+        other.is_empty(),
+        "{} failed: {:?}",
+        other.len(),
+        other.first()
+    );
+    assert_eq!(ok, 1000);
 }
