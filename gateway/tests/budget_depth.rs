@@ -573,3 +573,100 @@ micro_usd = {{ day = 100000000000 }}
     );
     assert_eq!(ok, 1000);
 }
+
+/// Spend of `scope` today, once the call's settlement has landed.
+async fn settled_spend(gw: &TestGateway, scope: &str) -> u64 {
+    for _ in 0..50 {
+        let spent = gw
+            .gw
+            .store
+            .spent(scope, Unit::MicroUsd, Window::Day)
+            .await
+            .unwrap();
+        if spent > 0 {
+            return spent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    0
+}
+
+/// Issue 15: the reservation counts the whole request. Under a cap a plain call fits (worst
+/// case about 10 000 micro-USD), `"n": 64` and a 10 k-token tools array are refused before they
+/// reach the provider; and a provider that sends no usage still gets its calls charged, from the
+/// input estimate and the answer, flagged `usage=estimated` in the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_request_is_reserved_and_missing_usage_is_charged() {
+    let plugins = format!(
+        "{}\n{}",
+        agents(),
+        budget(
+            "[plugins.config.agents.agent-a]\nmicro_usd = { day = 50000 }\n\
+             [plugins.config.agents.agent-b]\nmicro_usd = { day = 100000000 }"
+        )
+    );
+    let gw = TestGateway::start_full(Db::Sqlite, &["budget"], &plugins, false, PRICES).await;
+
+    let mut many = body("write me a poem");
+    many["n"] = json!(64);
+    let r = gw.chat(A_KEY, &many).await;
+    assert_eq!((r.status, r.code()), (429, "budget_exceeded"), "{}", r.json);
+
+    let schema = json!({"type": "object", "properties": {"q": {"type": "string",
+        "description": "d".repeat(40_000)}}});
+    let mut tooled = body("use the tool");
+    tooled["tools"] = json!([{"type": "function",
+        "function": {"name": "search", "parameters": schema}}]);
+    let r = gw.chat(A_KEY, &tooled).await;
+    assert_eq!((r.status, r.code()), (429, "budget_exceeded"), "{}", r.json);
+    assert!(gw.mock.requests().is_empty(), "refused before the provider");
+
+    let r = gw.chat(A_KEY, &body("write me a poem")).await;
+    assert_eq!(r.status, 200, "the plain call fits the cap: {}", r.json);
+
+    // No usage from the provider: a full answer, then a stream.
+    let r = gw.chat(B_KEY, &body("[mock:no_usage=1] say hello")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(r.json.get("usage").is_none(), "{}", r.json);
+    let full = settled_spend(&gw, "agent:agent-b").await;
+    // Input (a handful of tokens at 10) plus the echoed answer (~15 tokens at 100).
+    assert!(full > 1000, "a call without usage was charged {full}");
+
+    let mut streamed = body("[mock:no_usage=1] say hello again");
+    streamed["stream"] = json!(true);
+    let (status, events) = gw.chat_stream(B_KEY, &streamed).await;
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut both = full;
+    for _ in 0..50 {
+        both = settled_spend(&gw, "agent:agent-b").await;
+        if both > full {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        both > full + 1000,
+        "a stream without usage was charged {}",
+        both - full
+    );
+
+    gw.gw.audit.flush().await.expect("audit flushed");
+    let (s, _, bytes) = gw
+        .request(
+            "GET",
+            "/admin/api/audit/export?agent=agent-b&format=jsonl",
+            Some(ADMIN_TOKEN),
+            bytes::Bytes::new(),
+        )
+        .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for line in text.lines() {
+        assert!(
+            line.contains("palisade.usage") && line.contains("estimated"),
+            "{line}"
+        );
+    }
+}
