@@ -20,11 +20,14 @@ pub struct Faults {
     pub drop_after: Option<u32>,
     /// Streams: wait this long between chunks.
     pub chunk_delay: Option<Duration>,
+    /// OpenAI face: answer without usage (no `usage` in a completion, no usage chunk in a
+    /// stream even if asked), as some OpenAI-compatible providers do.
+    pub no_usage: bool,
 }
 
 impl Faults {
-    /// Reads `x-mock-status`, `x-mock-latency-ms`, `x-mock-drop-after` and
-    /// `x-mock-chunk-delay-ms`. An unparsable value is an error (message for a 400).
+    /// Reads `x-mock-status`, `x-mock-latency-ms`, `x-mock-drop-after`,
+    /// `x-mock-chunk-delay-ms` and `x-mock-no-usage`. An unparsable value is an error (message for a 400).
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, String> {
         let mut faults = Faults::default();
         for (name, key) in [
@@ -32,6 +35,7 @@ impl Faults {
             ("x-mock-latency-ms", Key::Latency),
             ("x-mock-drop-after", Key::DropAfter),
             ("x-mock-chunk-delay-ms", Key::ChunkDelay),
+            ("x-mock-no-usage", Key::NoUsage),
         ] {
             if let Some(value) = headers.get(name) {
                 let value = value
@@ -52,6 +56,7 @@ impl Faults {
             latency: self.latency.or(other.latency),
             drop_after: self.drop_after.or(other.drop_after),
             chunk_delay: self.chunk_delay.or(other.chunk_delay),
+            no_usage: self.no_usage || other.no_usage,
         }
     }
 
@@ -67,6 +72,13 @@ impl Faults {
             Key::Latency => self.latency = Some(Duration::from_millis(parse(value)?)),
             Key::DropAfter => self.drop_after = Some(parse(value)?),
             Key::ChunkDelay => self.chunk_delay = Some(Duration::from_millis(parse(value)?)),
+            Key::NoUsage => {
+                self.no_usage = match value {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => return Err(format!("no_usage must be 1 or 0, got {other:?}")),
+                }
+            }
         }
         Ok(())
     }
@@ -78,6 +90,7 @@ enum Key {
     Latency,
     DropAfter,
     ChunkDelay,
+    NoUsage,
 }
 
 fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String> {
@@ -112,9 +125,10 @@ pub fn directives(text: &str) -> Result<(Faults, Cow<'_, str>), String> {
             "latency" | "latency_ms" => Key::Latency,
             "drop_after" => Key::DropAfter,
             "chunk_delay" | "chunk_delay_ms" => Key::ChunkDelay,
+            "no_usage" => Key::NoUsage,
             other => {
                 return Err(format!(
-                    "unknown directive [mock:{other}=...]; known: status, latency, drop_after, chunk_delay"
+                    "unknown directive [mock:{other}=...]; known: status, latency, drop_after, chunk_delay, no_usage"
                 ));
             }
         };
@@ -163,6 +177,15 @@ mod tests {
         assert!(directives("[mock:status=200]").is_err());
         assert!(directives("[mock:nope=1]").is_err());
         assert!(directives("[mock:status]").is_err());
+        assert!(directives("[mock:no_usage=yes]").is_err());
+    }
+
+    #[test]
+    fn no_usage_directive() {
+        let (f, t) = directives("[mock:no_usage=1] hi").unwrap();
+        assert!(f.no_usage);
+        assert_eq!(t, "hi");
+        assert!(!directives("[mock:no_usage=0] hi").unwrap().0.no_usage);
     }
 
     #[test]

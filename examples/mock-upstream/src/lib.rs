@@ -447,6 +447,7 @@ async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
         return Ok(early);
     }
 
+    let include_usage = request.include_usage() && !faults.no_usage;
     let full_reply = openai::reply(&request.model, &echoed);
     let (content, truncated) = openai::truncate(&full_reply, request.max_words());
     let id = format!("chatcmpl-mock-{}", state.next_id());
@@ -474,19 +475,17 @@ async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
             ..answer
         };
         if !stream {
-            return Ok(response(
-                StatusCode::OK,
-                JSON,
-                openai::tool_completion(&answer, &calls),
-            ));
+            let body = openai::tool_completion(&answer, &calls);
+            return Ok(response(StatusCode::OK, JSON, without_usage(body, &faults)));
         }
-        let frames = openai::tool_stream_frames(&answer, &calls, request.include_usage());
+        let frames = openai::tool_stream_frames(&answer, &calls, include_usage);
         return Ok(sse_response(frames, &faults));
     }
     if !stream {
-        return Ok(response(StatusCode::OK, JSON, openai::completion(&answer)));
+        let body = openai::completion(&answer);
+        return Ok(response(StatusCode::OK, JSON, without_usage(body, &faults)));
     }
-    let frames = openai::stream_frames(&answer, request.include_usage(), faults.drop_after);
+    let frames = openai::stream_frames(&answer, include_usage, faults.drop_after);
     let mut res = Response::new(MockBody::stream(
         frames,
         faults.chunk_delay,
@@ -496,6 +495,22 @@ async fn chat(body: &[u8], header_faults: Faults, state: &MockState) -> Reply {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+/// A completion body without its `usage` when the request asked for `no_usage`.
+fn without_usage(body: Vec<u8>, faults: &Faults) -> Vec<u8> {
+    if !faults.no_usage {
+        return body;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("usage");
+            }
+            serde_json::to_vec(&v).unwrap_or(body)
+        }
+        Err(_) => body,
+    }
 }
 
 fn sse_response(frames: VecDeque<Bytes>, faults: &Faults) -> Response<MockBody> {

@@ -668,3 +668,31 @@ async fn mcp_face_lists_tools_and_counts_emails() {
     let unknown: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(unknown["error"]["code"], -32601);
 }
+
+#[tokio::test]
+async fn no_usage_drops_usage_from_answers_and_streams() {
+    let mock = start();
+    let (status, _, body) = mock.chat(user("[mock:no_usage=1] hi"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.get("usage").is_none(), "{body}");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("You said: hi")
+    );
+
+    let (_, _, body) = mock.chat(user("hi"), &[("x-mock-no-usage", "1")]).await;
+    assert!(body.get("usage").is_none(), "{body}");
+
+    let mut request = user("[mock:no_usage=1] count me");
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let (_, frames, error) = mock.chat_stream(request).await;
+    assert!(error.is_none());
+    let events = sse_events(&frames);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks = parse_chunks(&events);
+    assert!(chunks.iter().all(|c| c["usage"].is_null()), "{chunks:?}");
+    assert!(content_of(&chunks).ends_with("You said: count me"));
+}

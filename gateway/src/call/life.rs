@@ -156,10 +156,7 @@ pub struct Spend {
     pub out_chars: usize,
 }
 
-/// The gateway's estimate of tokens for `chars` characters: ceil(chars / 4), as for requests.
-pub fn tokens_of(chars: usize) -> u64 {
-    (chars as u64).div_ceil(4)
-}
+pub use super::estimate::tokens_of;
 
 impl Spend {
     /// What to charge a call that ended with no usage from the provider: nothing if the request

@@ -14,6 +14,7 @@
 //!    reservations are released.
 //! 8. **Audit**: one event, whatever happened.
 
+pub mod estimate;
 pub mod format;
 pub mod held;
 pub mod life;
@@ -291,6 +292,13 @@ async fn chat_inner(
             // Step 6: response side for a full answer.
             let answer = v.to_string();
             let mut usage = usage_from_value(&v, &served.target.provider);
+            if !estimate::has_usage(&v) {
+                // Missing usage is never zero: the input estimate plus the answer's output.
+                usage.input_tokens = chat.input_tokens;
+                let out = estimate::tokens_of(estimate::answer_chars(&v));
+                usage.output_tokens = u32::try_from(out).unwrap_or(u32::MAX);
+                note_estimated_usage(session);
+            }
             usage.served_by = target.clone();
             usage.cost = cost_of(price.as_ref(), &usage);
             let answer = session.on_response(call, answer).await?;
@@ -347,6 +355,18 @@ fn note_failovers(session: &mut CallSession, attempts: &[failover::Attempt]) {
             .iter()
             .map(|a| (a.target.clone(), a.outcome.clone()))
             .collect(),
+        error: None,
+    });
+}
+
+/// The provider sent no usage, so the call is charged from the gateway's estimate; the audit
+/// event says so.
+pub fn note_estimated_usage(session: &mut CallSession) {
+    session.notes.push(crate::plugins::chain::PluginNote {
+        plugin: Arc::from("palisade.usage"),
+        hook: "complete",
+        verdict: "estimated".into(),
+        annotations: vec![("usage".into(), "estimated".into())],
         error: None,
     });
 }

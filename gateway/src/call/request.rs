@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::estimate;
 use crate::core::error::CallError;
 use crate::plugins::bindings::{Agent as WitAgent, Call, CallKind};
 use crate::registry::Agent;
@@ -100,25 +101,10 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The agent asked for a usage chunk at the end of the stream.
     pub wants_usage: bool,
+    /// Estimated input tokens of the whole request ([`estimate::input_tokens`]).
     pub input_tokens: u32,
+    /// Most output tokens over all `n` choices ([`estimate::max_output_tokens`]).
     pub max_output_tokens: u32,
-}
-
-/// Rough token estimate: a token is about four characters of English text.
-fn estimate_tokens(chars: usize) -> u32 {
-    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
-}
-
-fn text_len(content: &Value) -> usize {
-    match content {
-        Value::String(s) => s.len(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .map(str::len)
-            .sum(),
-        _ => 0,
-    }
 }
 
 /// Parse and check an OpenAI chat completions body.
@@ -157,7 +143,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, CallError> {
             "`messages` must not be empty",
         ));
     }
-    let mut chars = 0;
     for (i, m) in messages.iter().enumerate() {
         if !m.get("role").is_some_and(Value::is_string) {
             return Err(CallError::bad_request(
@@ -165,7 +150,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, CallError> {
                 format!("messages[{i}] needs a string `role`"),
             ));
         }
-        chars += m.get("content").map(text_len).unwrap_or(0);
     }
     let stream = match json.get("stream") {
         None | Some(Value::Null) => false,
@@ -182,17 +166,15 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, CallError> {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|k| json.get(*k).and_then(Value::as_u64))
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-        .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+    // The whole request counts (`n`, tools, images, ...): see `estimate`.
+    let max_output_tokens = estimate::max_output_tokens(&json, DEFAULT_MAX_OUTPUT_TOKENS)?;
+    let input_tokens = estimate::input_tokens(&json);
     Ok(ChatRequest {
         model,
         stream,
         wants_usage,
-        input_tokens: estimate_tokens(chars),
-        max_output_tokens,
+        input_tokens: u32::try_from(input_tokens).unwrap_or(u32::MAX),
+        max_output_tokens: u32::try_from(max_output_tokens).unwrap_or(u32::MAX),
         json,
     })
 }
@@ -237,7 +219,19 @@ mod tests {
             (c.model.as_str(), c.stream, c.wants_usage),
             ("m", true, true)
         );
-        assert_eq!((c.input_tokens, c.max_output_tokens), (2, 7));
+        // "user" + "12345678": 12 characters, 3 tokens.
+        assert_eq!((c.input_tokens, c.max_output_tokens), (3, 7));
+        let c = parse_chat(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":3,"max_tokens":5.0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_output_tokens, 15);
+        let e = parse_chat(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":5.5}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("`max_tokens`"), "{e}");
     }
 
     #[test]

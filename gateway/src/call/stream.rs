@@ -88,6 +88,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
     let provider = r.life.draft.event.provider.clone().unwrap_or_default();
     let request_id = r.life.request_id.clone();
     let mut usage = super::empty_usage();
+    let mut saw_usage = false;
     let (Some(call), Some(session)) = (r.life.call.as_ref(), r.life.session.as_mut()) else {
         let e = CallError::Internal("a stream without its call".into());
         let _ = tx.send(r.out.egress.error(&e, &request_id)).await;
@@ -128,6 +129,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
         };
         {
             if chunk.get("usage").is_some_and(|u| !u.is_null()) {
+                saw_usage |= super::estimate::has_usage(&chunk);
                 usage = super::usage_from_value(&chunk, &provider);
                 usage.served_by = r.served_by.clone();
                 let only_usage = chunk
@@ -193,10 +195,14 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
     if matches!(end, End::Done) && !sync {
         send_all(&tx, r.out.egress.done()).await;
     }
-    if truncated && usage.output_tokens == 0 {
-        // Settle a cut stream from what was sent.
+    if !saw_usage || (truncated && usage.output_tokens == 0) {
+        // A cut stream, or one whose provider sent no usage: settle from the input estimate
+        // and what was sent (missing usage is never zero).
         usage.output_tokens = u32::try_from(tokens_of(r.life.spend.out_chars)).unwrap_or(u32::MAX);
         usage.input_tokens = input_tokens;
+        if let Some(session) = r.life.session.as_mut() {
+            super::note_estimated_usage(session);
+        }
     }
     usage.served_by = r.served_by.clone();
     usage.cost = super::cost_of(r.price.as_ref(), &usage);
@@ -216,26 +222,34 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
     }
 }
 
-/// Output characters in a chunk: text and tool-call arguments.
+/// Output characters in a chunk, over all its choices (`n` > 1 streams them interleaved):
+/// text and tool-call arguments.
 fn output_chars(chunk: &Value) -> usize {
-    let Some(delta) = chunk.pointer("/choices/0/delta") else {
+    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
         return 0;
     };
-    let text = delta
-        .get("content")
-        .and_then(Value::as_str)
-        .map_or(0, str::len);
-    let args: usize = delta
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map_or(0, |calls| {
-            calls
-                .iter()
-                .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
-                .map(str::len)
-                .sum()
-        });
-    text + args
+    let delta_chars = |delta: &Value| {
+        let text = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .map_or(0, str::len);
+        let args: usize = delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map_or(0, |calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
+                    .map(str::len)
+                    .sum()
+            });
+        text + args
+    };
+    choices
+        .iter()
+        .filter_map(|c| c.get("delta"))
+        .map(delta_chars)
+        .sum()
 }
 
 /// Ask the text plugins for what they carried and send it as one more content chunk, shaped

@@ -5,7 +5,7 @@
 //! when they never use them.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -13,6 +13,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::palisade::policy::{host, types};
 use super::bindings::{Amount, Level, ReserveError, Unit, Window};
+use super::deadline::HookClock;
+use super::engine::EPOCH_TICK;
 use super::kv::Kv;
 use crate::plugins::ledger::Ledger;
 
@@ -113,11 +115,8 @@ pub struct HostState {
     pub request_id: Arc<str>,
     pub services: Arc<HostServices>,
     pub limiter: Limiter,
-    /// When the running hook (or instantiation) started.
-    pub hook_started: Instant,
-    /// Time the running hook spent inside host imports, which does not count against its deadline.
-    pub host_time: Duration,
-    pub deadline: Duration,
+    /// The running hook's deadline bookkeeping: guest time only, see [`HookClock`].
+    pub clock: HookClock,
     pub timed_out: bool,
     /// Reservations opened by this instance in this call, released at the end if unsettled.
     pub reservations: Vec<u64>,
@@ -143,9 +142,7 @@ impl HostState {
                 hit: false,
                 peak_bytes: 0,
             },
-            hook_started: Instant::now(),
-            host_time: Duration::ZERO,
-            deadline,
+            clock: HookClock::new(deadline, EPOCH_TICK),
             timed_out: false,
             reservations: Vec::new(),
             holds: Arc::default(),
@@ -157,13 +154,7 @@ impl HostState {
 
     /// Start the clock for a hook.
     pub fn start_hook(&mut self) {
-        self.hook_started = Instant::now();
-        self.host_time = Duration::ZERO;
-    }
-
-    /// Guest time used by the running hook.
-    pub fn guest_time(&self) -> Duration {
-        self.hook_started.elapsed().saturating_sub(self.host_time)
+        self.clock.start();
     }
 
     /// Release reservations the plugin left unsettled; called when the call ends.
@@ -177,9 +168,9 @@ impl HostState {
     }
 
     fn timed<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
-        let t = Instant::now();
+        self.clock.enter_host();
         let r = f(self);
-        self.host_time += t.elapsed();
+        self.clock.leave_host();
         r
     }
 }
@@ -235,9 +226,9 @@ impl host::Host for HostState {
         if let Some(bad) = amounts.iter().find_map(|a| check_scope(&a.scope).err()) {
             return Err(ReserveError::Unavailable(bad));
         }
-        let t = Instant::now();
+        self.clock.enter_host();
         let r = self.services.ledger.reserve(&amounts).await;
-        self.host_time += t.elapsed();
+        self.clock.leave_host();
         let id = r?;
         self.reservations.push(id);
         self.holds.add(id, amounts);
@@ -257,13 +248,13 @@ impl host::Host for HostState {
                 "reservation {reservation} was not made by this plugin in this call"
             ));
         }
-        let t = Instant::now();
+        self.clock.enter_host();
         let r = self
             .services
             .ledger
             .settle(reservation, micro_usd, tokens)
             .await;
-        self.host_time += t.elapsed();
+        self.clock.leave_host();
         r?;
         self.reservations.retain(|r| *r != reservation);
         // The settlement charged the real spend: what the host added while streaming goes back.
@@ -274,9 +265,9 @@ impl host::Host for HostState {
     }
 
     async fn spent(&mut self, scope: String, unit: Unit, window: Window) -> Result<u64, String> {
-        let t = Instant::now();
+        self.clock.enter_host();
         let r = self.services.ledger.spent(&scope, unit, window).await;
-        self.host_time += t.elapsed();
+        self.clock.leave_host();
         r
     }
 

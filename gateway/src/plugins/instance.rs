@@ -8,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{Call, Completion, Hooks, Outcome, Plugin, Tool, Usage};
+use super::deadline::{HardBound, Tick};
 use super::host::{CallHolds, HostState};
 use super::loaded::LoadedPlugin;
 use crate::core::error::PluginFault;
@@ -43,20 +44,24 @@ impl Instance {
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
+        // Fires only while the guest runs; the deadline re-arms one tick past the epoch at
+        // resume, so waiting for a worker thread is not charged (see `deadline`).
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
-            if s.guest_time() >= s.deadline {
-                s.timed_out = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Let other calls run on this thread while a slow hook is still within budget.
-                Ok(UpdateDeadline::Yield(1))
+            match s.clock.on_tick() {
+                Tick::Yield(resume) => Ok(UpdateDeadline::YieldCustom(1, resume)),
+                Tick::Over => {
+                    s.timed_out = true;
+                    Ok(UpdateDeadline::Interrupt)
+                }
             }
         });
         store.data_mut().start_hook();
-        let bindings = match plugin.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
-            Err(e) => return Err(fault_of(&store, e, true)),
+        let timer = store.data().clock.timer();
+        let bindings = match timer.run(plugin.pre.instantiate_async(&mut store)).await {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(fault_of(&store, e, true)),
+            None => return Err(PluginFault::Timeout(s.deadline)),
         };
         let mut inst = Instance {
             store,
@@ -65,16 +70,14 @@ impl Instance {
             calls: 0,
             broken: false,
         };
-        inst.begin_hook();
-        let init = inst
-            .bindings
-            .palisade_policy_policy()
-            .call_init(&mut inst.store, &s.config_json)
+        let timer = inst.begin_hook();
+        let init = inst.bindings.palisade_policy_policy();
+        let init = timer
+            .run(init.call_init(&mut inst.store, &s.config_json))
             .await;
-        match init {
-            Ok(Ok(hooks)) => Ok((inst, hooks)),
-            Ok(Err(msg)) => Err(PluginFault::Init(msg)),
-            Err(e) => Err(inst.fault(e)),
+        match inst.finish(init)? {
+            Ok(hooks) => Ok((inst, hooks)),
+            Err(msg) => Err(PluginFault::Init(msg)),
         }
     }
 
@@ -97,34 +100,46 @@ impl Instance {
         self.store.data().limiter.peak_bytes
     }
 
-    fn begin_hook(&mut self) {
+    /// Start a hook's clock; the returned timer holds it to its hard bound.
+    fn begin_hook(&mut self) -> HardBound {
         self.store.data_mut().start_hook();
         self.store.set_epoch_deadline(1);
+        self.store.data().clock.timer()
     }
 
-    fn fault(&mut self, e: wasmtime::Error) -> PluginFault {
-        self.broken = true;
-        fault_of(&self.store, e, false)
+    /// A hook's result, or the fault it ended in (`None`: it ran past its hard bound, and its
+    /// call future was dropped mid-run, so the instance is not entered again).
+    fn finish<R>(&mut self, r: Option<wasmtime::Result<R>>) -> Result<R, PluginFault> {
+        match r {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => {
+                self.broken = true;
+                Err(fault_of(&self.store, e, false))
+            }
+            None => {
+                self.broken = true;
+                self.store.data_mut().timed_out = true;
+                Err(PluginFault::Timeout(self.store.data().clock.deadline))
+            }
+        }
     }
 
     pub async fn on_request(&mut self, call: &Call) -> Result<Outcome, PluginFault> {
-        self.begin_hook();
-        let r = self
-            .bindings
-            .palisade_policy_policy()
-            .call_on_request(&mut self.store, call)
+        let timer = self.begin_hook();
+        let hooks = self.bindings.palisade_policy_policy();
+        let r = timer
+            .run(hooks.call_on_request(&mut self.store, call))
             .await;
-        r.map_err(|e| self.fault(e))
+        self.finish(r)
     }
 
     pub async fn on_response(&mut self, call: &Call, body: &str) -> Result<Outcome, PluginFault> {
-        self.begin_hook();
-        let r = self
-            .bindings
-            .palisade_policy_policy()
-            .call_on_response(&mut self.store, call, body)
+        let timer = self.begin_hook();
+        let hooks = self.bindings.palisade_policy_policy();
+        let r = timer
+            .run(hooks.call_on_response(&mut self.store, call, body))
             .await;
-        r.map_err(|e| self.fault(e))
+        self.finish(r)
     }
 
     pub async fn on_text(
@@ -133,13 +148,12 @@ impl Instance {
         delta: &str,
         last: bool,
     ) -> Result<String, PluginFault> {
-        self.begin_hook();
-        let r = self
-            .bindings
-            .palisade_policy_policy()
-            .call_on_text(&mut self.store, call, delta, last)
+        let timer = self.begin_hook();
+        let hooks = self.bindings.palisade_policy_policy();
+        let r = timer
+            .run(hooks.call_on_text(&mut self.store, call, delta, last))
             .await;
-        r.map_err(|e| self.fault(e))
+        self.finish(r)
     }
 
     pub async fn on_complete(
@@ -148,13 +162,12 @@ impl Instance {
         usage: &Usage,
         status: &Completion,
     ) -> Result<(), PluginFault> {
-        self.begin_hook();
-        let r = self
-            .bindings
-            .palisade_policy_policy()
-            .call_on_complete(&mut self.store, call, usage, status)
+        let timer = self.begin_hook();
+        let hooks = self.bindings.palisade_policy_policy();
+        let r = timer
+            .run(hooks.call_on_complete(&mut self.store, call, usage, status))
             .await;
-        r.map_err(|e| self.fault(e))
+        self.finish(r)
     }
 
     pub async fn filter_tools(
@@ -162,20 +175,19 @@ impl Instance {
         call: &Call,
         tools: &[Tool],
     ) -> Result<Vec<String>, PluginFault> {
-        self.begin_hook();
-        let r = self
-            .bindings
-            .palisade_policy_policy()
-            .call_filter_tools(&mut self.store, call, tools)
+        let timer = self.begin_hook();
+        let hooks = self.bindings.palisade_policy_policy();
+        let r = timer
+            .run(hooks.call_filter_tools(&mut self.store, call, tools))
             .await;
-        r.map_err(|e| self.fault(e))
+        self.finish(r)
     }
 }
 
 fn fault_of(store: &Store<HostState>, e: wasmtime::Error, instantiating: bool) -> PluginFault {
     let s = store.data();
     if s.timed_out {
-        PluginFault::Timeout(s.deadline)
+        PluginFault::Timeout(s.clock.deadline)
     } else if s.limiter.hit {
         PluginFault::Memory(s.limiter.max_bytes)
     } else if instantiating {

@@ -4,6 +4,7 @@
 //!
 //! - `bindings`: the generated host side of `wit/policy.wit`.
 //! - `engine`: the engine, linker and epoch ticker.
+//! - `deadline`: a hook's guest-time clock (waiting for a thread is not the plugin's work).
 //! - `host`: host state and imports (`log`, `now-ms`, ledger, key-value).
 //! - `loaded`: compile, cache, link and smoke-test one plugin.
 //! - `instance`: one instance; where faults are classified.
@@ -12,6 +13,7 @@
 
 pub mod bindings;
 pub mod chain;
+pub mod deadline;
 pub mod engine;
 pub mod host;
 pub mod instance;

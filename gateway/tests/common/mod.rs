@@ -102,7 +102,8 @@ impl Reply {
 }
 
 /// `base` followed by `extra`, except that lines of `extra` reading `plugin_host.KEY = VALUE` go
-/// into the `[plugin_host]` table of `base` (TOML allows no second `[plugin_host]`).
+/// into the `[plugin_host]` table of `base`, replacing its line for the same key (TOML allows no
+/// second `[plugin_host]` and no duplicate key).
 pub fn with_host_lines(base: &str, extra: &str) -> String {
     let (host, rest): (Vec<&str>, Vec<&str>) = extra
         .lines()
@@ -110,6 +111,23 @@ pub fn with_host_lines(base: &str, extra: &str) -> String {
     let host: String = host
         .iter()
         .map(|l| format!("{}\n", l.trim_start().trim_start_matches("plugin_host.")))
+        .collect();
+    // A key given here replaces the harness's own line for it (e.g. `max_instances`).
+    let keys: Vec<String> = host
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(|k| format!("{} =", k.trim()))
+        .collect();
+    let mut in_host = false;
+    let base: String = base
+        .lines()
+        .filter(|l| {
+            if l.starts_with('[') {
+                in_host = *l == "[plugin_host]";
+            }
+            !(in_host && keys.iter().any(|k| l.starts_with(k.as_str())))
+        })
+        .map(|l| format!("{l}\n"))
         .collect();
     let base = base.replacen("[plugin_host]\n", &format!("[plugin_host]\n{host}"), 1);
     format!("{base}\n{}", rest.join("\n"))
