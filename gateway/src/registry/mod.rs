@@ -55,7 +55,9 @@ impl From<&palisade_store::Agent> for Agent {
     }
 }
 
-type Cached = (Instant, Option<KeyAuth>);
+/// A key's lookup, with the plugins' view of its agent built once (labels, registry budgets),
+/// not on every call.
+type Cached = (Instant, Option<(KeyAuth, std::sync::Arc<Agent>)>);
 
 pub struct Registry {
     store: Store,
@@ -95,6 +97,10 @@ impl Registry {
                     self.store.authenticate(key).await.map_err(|e| {
                         CallError::Internal(format!("agent registry unavailable: {e}"))
                     })?;
+                let found = found.map(|a| {
+                    let view = std::sync::Arc::new(Agent::from(&a.agent));
+                    (a, view)
+                });
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
@@ -105,11 +111,8 @@ impl Registry {
         };
         match auth {
             None => Err(CallError::Unauthorized("unknown or revoked agent key")),
-            Some(a) if !a.is_active() => Err(CallError::Unauthorized("agent is suspended")),
-            Some(a) => Ok((
-                std::sync::Arc::new(Agent::from(&a.agent)),
-                a.agent.id.clone(),
-            )),
+            Some((a, _)) if !a.is_active() => Err(CallError::Unauthorized("agent is suspended")),
+            Some((a, view)) => Ok((view, a.agent.id.clone())),
         }
     }
 
