@@ -11,115 +11,18 @@
 //! `PALISADE_TEST_PG_URL` overrides the PostgreSQL URL; `PALISADE_SKIP_PG=1` skips that half
 //! when it is unreachable.
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use futures_util::{FutureExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use palisade_store::ledger::{Amount, Reservation, Unit, Window};
 use palisade_store::{AuditFilter, NewAuditEvent, Store, StoreError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+#[macro_use]
+mod common;
 
-fn suffix() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
-/// The store under test and a side door to its database, for statements the store never runs.
-struct Db {
-    store: Store,
-    raw: Raw,
-}
-
-enum Raw {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
-impl Db {
-    /// Run `sql` behind the store's back; its error as the store would report it.
-    async fn exec_err(&self, sql: &str, bind: &str) -> StoreError {
-        let r = match &self.raw {
-            Raw::Sqlite(p) => sqlx::query(sql).bind(bind).execute(p).await.map(|_| ()),
-            Raw::Postgres(p) => sqlx::query(sql).bind(bind).execute(p).await.map(|_| ()),
-        };
-        StoreError::from(r.expect_err(sql))
-    }
-}
-
-async fn run_sqlite(test: impl AsyncFnOnce(&Db)) {
-    let path = std::env::temp_dir().join(format!("palisade-poison-{}.db", suffix()));
-    let store = Store::open_sqlite(&path).await.expect("open SQLite");
-    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    let db = Db {
-        store,
-        raw: Raw::Sqlite(raw),
-    };
-    let outcome = AssertUnwindSafe(test(&db)).catch_unwind().await;
-    db.store.close().await;
-    if let Raw::Sqlite(p) = &db.raw {
-        p.close().await;
-    }
-    for s in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{s}", path.display()));
-    }
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
-}
-
-async fn run_postgres(test: impl AsyncFnOnce(&Db)) {
-    let url = std::env::var("PALISADE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-    let schema = format!("t_{}", suffix());
-    let store = match Store::connect_pg_schema(&url, &schema).await {
-        Ok(s) => s,
-        Err(e) if std::env::var("PALISADE_SKIP_PG").as_deref() == Ok("1") => {
-            eprintln!("PostgreSQL unreachable ({e}); skipped as PALISADE_SKIP_PG=1 asks");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL at {url} is needed: {e}"),
-    };
-    let raw = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("{url}?options=-c%20search_path%3D{schema}"))
-        .await
-        .unwrap();
-    let db = Db {
-        store,
-        raw: Raw::Postgres(raw),
-    };
-    let outcome = AssertUnwindSafe(test(&db)).catch_unwind().await;
-    db.store.close().await;
-    if let Raw::Postgres(p) = &db.raw {
-        p.close().await;
-    }
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                crate::run_sqlite(super::$name).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                crate::run_postgres(super::$name).await
-            }
-        }
-    )*};
-}
+use common::*;
 
 on_both!(
     control_characters_everywhere_are_stored_and_verify,
@@ -163,7 +66,7 @@ fn nasty_event() -> NewAuditEvent {
     }
 }
 
-async fn control_characters_everywhere_are_stored_and_verify(db: &Db) {
+async fn control_characters_everywhere_are_stored_and_verify(db: &TestDb) {
     let s = &db.store;
     let event = nasty_event();
     let seqs = s.append_audit(std::slice::from_ref(&event)).await.unwrap();
@@ -217,7 +120,7 @@ async fn control_characters_everywhere_are_stored_and_verify(db: &Db) {
     assert!(r.body.as_deref().unwrap().contains('\n'));
 }
 
-async fn refused_events_are_data_errors_and_quarantined(db: &Db) {
+async fn refused_events_are_data_errors_and_quarantined(db: &TestDb) {
     let s = &db.store;
     s.append_audit(&[nasty_event()]).await.unwrap();
     // An event the store refuses: nothing of its batch is written.
@@ -253,7 +156,7 @@ async fn refused_events_are_data_errors_and_quarantined(db: &Db) {
     assert!(report.ok && report.rows == 2, "{report:?}");
 }
 
-async fn database_refusals_are_classified(db: &Db) {
+async fn database_refusals_are_classified(db: &TestDb) {
     // A NOT NULL column given NULL: an integrity constraint (SQLite 19, PostgreSQL 23502).
     let e = db
         .exec_err(
@@ -295,7 +198,7 @@ async fn call_work(store: Store, i: usize) {
     let _ = store.append_audit(&[e]).await;
 }
 
-async fn dropped_callers_leave_no_transaction_open(db: &Db) {
+async fn dropped_callers_leave_no_transaction_open(db: &TestDb) {
     let s = &db.store;
     for round in 0..5 {
         let mut tasks = Vec::new();
