@@ -111,10 +111,16 @@ impl Gateway {
             "config agents synced"
         );
         let metrics = Metrics::default();
+        // The ledger's settled spend commits with the audit batches.
+        let journal = services
+            .ledger
+            .leased()
+            .map(|l| Arc::new(crate::plugins::ledger::LeaseJournal(l.clone())) as _);
         let audit = AuditSink::start(
             store.clone(),
             rt.settings.audit.clone(),
             metrics.audit_quarantined(),
+            journal,
         );
         let drain = crate::core::drain::Drain::default();
         let first = Upstreams::build(&rt.settings, None);
@@ -247,6 +253,10 @@ impl Gateway {
         }
         if let Err(e) = self.audit.flush().await {
             tracing::error!("audit queue not flushed at shutdown: {e}");
+        }
+        // Spend settled since the last batch, and the leases back to the shared counters.
+        if let Err(e) = self.services.ledger.close().await {
+            tracing::error!("ledger leases not returned at shutdown (they will expire): {e}");
         }
         self.store.close().await;
         clean

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{Database, Pool, QueryBuilder};
 
+use crate::lease::{LeaseReport, LeaseSync, sync_in_tx};
 use crate::{BeginWrite, Store, StoreError, on_pool};
 
 /// `prev_hash` of the first row.
@@ -463,8 +464,9 @@ async fn insert_chained(
     mut rows: Vec<AuditRow>,
     n: i64,
     insert: &str,
-) -> Result<i64, StoreError> {
-    let end: i64 = on_pool!(store, |pool| {
+    sync: Option<&LeaseSync>,
+) -> Result<(i64, LeaseReport), StoreError> {
+    on_pool!(store, |pool| {
         let mut tx = pool.begin_write().await?;
         // Locks the head until commit: appenders queue here.
         let (end, head_hash): (i64, String) =
@@ -513,18 +515,40 @@ async fn insert_chained(
             .bind(&prev)
             .execute(&mut *tx)
             .await?;
+        let results = match sync {
+            Some(sync) => sync_in_tx!(tx, sync)?,
+            None => LeaseReport::default(),
+        };
         tx.commit().await?;
-        end
-    });
-    Ok(end)
+        Ok((end, results))
+    })
 }
 
 impl Store {
     /// Append events, in order, in one transaction; their seqs. Each row is chained to the one
     /// before, whichever process wrote it.
     pub async fn append_audit(&self, events: &[NewAuditEvent]) -> Result<Vec<i64>, StoreError> {
+        self.append_audit_with(events, None)
+            .await
+            .map(|(seqs, _)| seqs)
+    }
+
+    /// [`Store::append_audit`], and in the same transaction a ledger [`LeaseSync`] (the spend
+    /// the calls of these events settled), so both commit or neither does.
+    pub async fn append_audit_with(
+        &self,
+        events: &[NewAuditEvent],
+        sync: Option<LeaseSync>,
+    ) -> Result<(Vec<i64>, LeaseReport), StoreError> {
         if events.is_empty() {
-            return Ok(Vec::new());
+            return match sync {
+                Some(sync) => Ok((Vec::new(), self.sync_leases(sync).await?)),
+                None => Ok((Vec::new(), LeaseReport::default())),
+            };
+        }
+        let mut sync = sync;
+        if let Some(sync) = &mut sync {
+            sync.changes.sort_by(|a, b| a.key.cmp(&b.key));
         }
         let rows = events
             .iter()
@@ -533,10 +557,12 @@ impl Store {
         let n = i64::try_from(rows.len())
             .map_err(|_| StoreError::Invalid("too many audit events in one batch".into()))?;
         let insert = format!("INSERT INTO audit_events ({}) ", AUDIT_COLUMNS);
-        let end = self
-            .detached(move |store| async move { insert_chained(&store, rows, n, &insert).await })
+        let (end, results) = self
+            .detached(move |store| async move {
+                insert_chained(&store, rows, n, &insert, sync.as_ref()).await
+            })
             .await?;
-        Ok((end - n + 1..=end).collect())
+        Ok(((end - n + 1..=end).collect(), results))
     }
 
     /// The chain's head: the last seq (0 when empty) and its hash.

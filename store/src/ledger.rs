@@ -14,11 +14,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lease::{clamp, unsigned};
 use crate::time::{civil_from_days, days_from_civil, now_ms};
 use crate::{BeginWrite, Store, StoreError, on_pool};
-
-/// Amounts and limits are kept below this, so sums in SQL cannot overflow.
-const MAX_AMOUNT: u64 = 1 << 60;
 
 /// What a counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -140,22 +138,10 @@ pub struct Spend {
 /// A counter's key: (scope, unit, window, window start).
 type Key = (String, &'static str, &'static str, i64);
 
-fn clamp(v: u64) -> i64 {
-    // MAX_AMOUNT fits an i64.
-    i64::try_from(v.min(MAX_AMOUNT)).unwrap_or(i64::MAX)
-}
-
-fn unsigned(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const ENSURE_COUNTER: &str = "INSERT INTO ledger_counters (scope, unit, window_kind, \
-     window_start, spent, reserved) VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING";
+use crate::lease::{ENSURE_COUNTER, READ_COUNTER};
 const HOLD: &str = "UPDATE ledger_counters SET reserved = reserved + $5 \
      WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4 \
      AND spent + reserved + $5 <= $6";
-const READ_COUNTER: &str = "SELECT spent, reserved FROM ledger_counters \
-     WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4";
 const UNHOLD: &str = "UPDATE ledger_counters SET \
      reserved = CASE WHEN reserved > $5 THEN reserved - $5 ELSE 0 END, spent = spent + $6 \
      WHERE scope = $1 AND unit = $2 AND window_kind = $3 AND window_start = $4";
@@ -177,7 +163,16 @@ impl Store {
         amounts: &[Amount],
         ttl: Duration,
     ) -> Result<Reservation, StoreError> {
-        let now = now_ms();
+        self.reserve_at(amounts, now_ms(), ttl).await
+    }
+
+    /// [`Store::reserve`] at the time `now` (unix ms): the windows and the expiry count from it.
+    pub async fn reserve_at(
+        &self,
+        amounts: &[Amount],
+        now: i64,
+        ttl: Duration,
+    ) -> Result<Reservation, StoreError> {
         let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         // Counters are locked in one order by every transaction, so two cannot deadlock.
         let mut holds: Vec<(Key, i64, i64)> = amounts
@@ -284,15 +279,20 @@ impl Store {
         self.end_reservation(id, End::Release).await.map(|_| ())
     }
 
-    /// Free every reservation whose time ran out; how many there were.
+    /// Free every reservation and return every lease whose time ran out; how many there were.
     pub async fn expire_reservations(&self) -> Result<u64, StoreError> {
+        self.expire_reservations_at(now_ms()).await
+    }
+
+    /// [`Store::expire_reservations`] as of `now` (unix ms).
+    pub async fn expire_reservations_at(&self, now: i64) -> Result<u64, StoreError> {
         let ids: Vec<i64> = on_pool!(self, |pool| {
             sqlx::query_scalar("SELECT id FROM ledger_reservations WHERE expires_at <= $1")
-                .bind(now_ms())
+                .bind(now)
                 .fetch_all(pool)
                 .await?
         });
-        let mut n = 0;
+        let mut n = self.expire_leases_at(now).await?;
         for id in ids {
             if self.end_reservation(id, End::Release).await? {
                 n += 1;

@@ -30,6 +30,7 @@ pub mod dead_letter;
 mod error;
 pub mod export;
 pub mod keys;
+pub mod lease;
 pub mod ledger;
 pub mod safe;
 mod secret;
@@ -57,6 +58,9 @@ pub use dead_letter::DeadLetter;
 pub use error::StoreError;
 pub use export::ExportFormat;
 pub use keys::{KeyAuth, KeyInfo, NewKey};
+pub use lease::{
+    CounterKey, LeaseChange, LeaseOutcome, LeaseReport, LeaseResult, LeaseSync, LeaseTarget,
+};
 pub use ledger::{Amount, Exceeded, Reservation, Spend, Unit, Window};
 pub use secret::hash_secret;
 pub use users::{NewToken, Role, TokenInfo, User};

@@ -33,6 +33,14 @@ pub async fn spend(gw: &Arc<Gateway>, parts: &Parts) -> Result<Response<GatewayB
     let q = query::parse(parts.uri.query());
     let window = window(q.get("window").map(String::as_str))?;
     let scope = q.get("scope").map(String::as_str).unwrap_or("");
+    // This replica's settled spend is committed first, so the view is current for it (other
+    // replicas' lags by at most their last audit batch). `reserved` counts the leases of
+    // headroom replicas hold as well as calls in flight.
+    if let Some(l) = gw.services.ledger.leased()
+        && let Err(e) = l.sync().await
+    {
+        tracing::warn!("ledger sync before the spend view failed: {e}");
+    }
     let counters = gw.store.spend(window, scope).await.map_err(store_error)?;
     ok_json(
         StatusCode::OK,

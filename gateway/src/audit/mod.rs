@@ -17,6 +17,8 @@
 
 mod writer;
 
+pub use writer::{JOURNAL_TICK, Journal, JournalTxn};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,7 +46,13 @@ const SYNC_WAIT: Duration = Duration::from_secs(10);
 impl AuditSink {
     /// Start the writer task. It adds each quarantined event to `quarantined` (the counter
     /// behind `palisade_audit_quarantined_total`).
-    pub fn start(store: Store, settings: AuditSettings, quarantined: Arc<AtomicU64>) -> AuditSink {
+    /// `journal`'s ledger work is committed with each batch (see [`Journal`]).
+    pub fn start(
+        store: Store,
+        settings: AuditSettings,
+        quarantined: Arc<AtomicU64>,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> AuditSink {
         let (tx, rx) = mpsc::channel(settings.queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
@@ -52,6 +60,7 @@ impl AuditSink {
             healthy: healthy.clone(),
             quarantined: quarantined.clone(),
             settings: settings.clone(),
+            journal,
         };
         tokio::spawn(writer.run(rx));
         AuditSink {

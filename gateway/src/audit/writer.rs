@@ -12,6 +12,11 @@
 //!
 //! A flush is a message through the same queue: its ack is sent once every event queued before
 //! it is committed or quarantined.
+//!
+//! The ledger's [`Journal`] rides along: each batch's transaction also carries the spend the
+//! replica settled in memory since the last one (a [`LeaseSync`]), so a call's spend commits
+//! with (or before) its audit event. When no events come for [`JOURNAL_TICK`] the writer still
+//! asks the journal, which renews its leases and hands idle ones back.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use palisade_store::{NewAuditEvent, Store, StoreError};
+use futures_util::future::BoxFuture;
+use palisade_store::{LeaseReport, LeaseSync, NewAuditEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::settings::AuditSettings;
@@ -38,12 +44,31 @@ pub(super) enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Ledger work committed in the same transaction as each audit batch: the spend settled in
+/// memory (the plugins' ledger implements it).
+pub trait Journal: Send + Sync + 'static {
+    /// What to commit now, if anything. The journal stays locked until the returned
+    /// [`JournalTxn`] is committed or dropped (dropped: nothing happened, it is offered again).
+    fn begin(&self) -> BoxFuture<'_, Option<Box<dyn JournalTxn>>>;
+}
+
+/// One batch's share of ledger work.
+pub trait JournalTxn: Send {
+    fn sync(&self) -> LeaseSync;
+    /// The transaction committed with these results.
+    fn committed(self: Box<Self>, report: LeaseReport);
+}
+
+/// How long the writer waits for events before it asks the journal anyway.
+pub const JOURNAL_TICK: Duration = Duration::from_secs(1);
+
 /// Where the writer puts events: the store, or in tests one that fails on demand.
 pub(super) trait Target: Send + Sync + 'static {
     fn append(
         &self,
         events: &[NewAuditEvent],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        sync: Option<LeaseSync>,
+    ) -> impl Future<Output = Result<LeaseReport, StoreError>> + Send;
     fn quarantine(
         &self,
         event: &NewAuditEvent,
@@ -57,8 +82,12 @@ pub(super) trait Target: Send + Sync + 'static {
 }
 
 impl Target for Store {
-    async fn append(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
-        self.append_audit(events).await.map(|_| ())
+    async fn append(
+        &self,
+        events: &[NewAuditEvent],
+        sync: Option<LeaseSync>,
+    ) -> Result<LeaseReport, StoreError> {
+        self.append_audit_with(events, sync).await.map(|(_, r)| r)
     }
     async fn quarantine(&self, event: &NewAuditEvent, reason: &str) -> Result<(), StoreError> {
         self.quarantine_audit(event, reason).await.map(|_| ())
@@ -77,6 +106,7 @@ pub(super) struct Writer<T> {
     pub healthy: Arc<AtomicBool>,
     pub quarantined: Arc<AtomicU64>,
     pub settings: AuditSettings,
+    pub journal: Option<Arc<dyn Journal>>,
 }
 
 impl<T: Target> Writer<T> {
@@ -85,7 +115,15 @@ impl<T: Target> Writer<T> {
         let mut events: Vec<NewAuditEvent> = Vec::with_capacity(self.settings.batch_max);
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
-            let Some(first) = rx.recv().await else { return };
+            let first = match tokio::time::timeout(JOURNAL_TICK, rx.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => return,
+                Err(_) => {
+                    // Idle: the journal may still have leases to renew or give back.
+                    self.commit(&[]).await;
+                    continue;
+                }
+            };
             take(first, &mut events, &mut acks);
             // Gather what else is queued, waiting at most `flush` for more, unless someone
             // waits for the commit (a sync caller or a flush): then commit what we have now.
@@ -112,8 +150,13 @@ impl<T: Target> Writer<T> {
         }
     }
 
-    /// Write `events` in order: every one ends up in the log or in the dead-letter table.
+    /// Write `events` in order: every one ends up in the log or in the dead-letter table. The
+    /// journal's work goes with the first part written (or alone, if none is).
     pub async fn commit(&self, events: &[NewAuditEvent]) {
+        let mut txn = match &self.journal {
+            Some(j) => j.begin().await,
+            None => None,
+        };
         // A stack of ranges still to write; the first half is pushed last so it goes first.
         let mut pending: Vec<Range<usize>> = Vec::new();
         pending.push(0..events.len());
@@ -122,7 +165,7 @@ impl<T: Target> Writer<T> {
             if part.is_empty() {
                 continue;
             }
-            match self.append_retrying(part).await {
+            match self.append_retrying(part, &mut txn).await {
                 Ok(()) => {}
                 Err(e) => match part {
                     [one] => self.quarantine(one, &e).await,
@@ -134,15 +177,31 @@ impl<T: Target> Writer<T> {
                 },
             }
         }
+        if txn.is_some()
+            && let Err(e) = self.append_retrying(&[], &mut txn).await
+        {
+            // Never the rows' fault (amounts are clamped); the spend stays in memory, offered
+            // again with the next batch.
+            tracing::error!(target: "palisade::audit", "the ledger sync was refused: {e}");
+        }
     }
 
     /// Append `part`, retrying with backoff for as long as the failure is not the rows' fault;
     /// the data error otherwise.
-    async fn append_retrying(&self, part: &[NewAuditEvent]) -> Result<(), StoreError> {
+    /// With a journal transaction, it is committed in the same transaction and taken.
+    async fn append_retrying(
+        &self,
+        part: &[NewAuditEvent],
+        txn: &mut Option<Box<dyn JournalTxn>>,
+    ) -> Result<(), StoreError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.target.append(part).await {
-                Ok(()) => {
+            let sync = txn.as_ref().map(|t| t.sync());
+            match self.target.append(part, sync).await {
+                Ok(results) => {
+                    if let Some(t) = txn.take() {
+                        t.committed(results);
+                    }
                     self.set_healthy();
                     return Ok(());
                 }
@@ -258,7 +317,11 @@ mod tests {
     }
 
     impl Target for Arc<Fake> {
-        async fn append(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        async fn append(
+            &self,
+            events: &[NewAuditEvent],
+            _: Option<LeaseSync>,
+        ) -> Result<LeaseReport, StoreError> {
             *self.appends.lock().unwrap() += 1;
             {
                 let mut t = self.transient.lock().unwrap();
@@ -273,7 +336,7 @@ mod tests {
             }
             let mut w = self.written.lock().unwrap();
             w.extend(events.iter().map(|e| e.target.clone()));
-            Ok(())
+            Ok(LeaseReport::default())
         }
         async fn quarantine(&self, event: &NewAuditEvent, reason: &str) -> Result<(), StoreError> {
             let mut q = self.quarantined.lock().unwrap();
@@ -302,6 +365,7 @@ mod tests {
             healthy: Arc::new(AtomicBool::new(true)),
             quarantined: Arc::new(AtomicU64::new(0)),
             settings: settings(),
+            journal: None,
         }
     }
 

@@ -1,29 +1,32 @@
 //! The spend ledger behind the `reserve` / `settle` / `spent` host imports.
 //!
-//! Once the gateway has opened its store, the ledger is the store's (`palisade_store::ledger`):
-//! a reservation of several scopes is one transaction, atomic across every replica on the
-//! database, and holds for at most [`RESERVATION_TTL`] so a dead replica's holds expire (the
-//! gateway sweeps them, see `app.rs`). Before that (and in benches and unit tests that have no
-//! store) an in-process [`memory::MemoryLedger`] serves.
+//! Once the gateway has opened its store, the ledger is this replica's [`lease::Leased`]:
+//! reservations and settlements in memory against leases of headroom from the store's shared
+//! counters (`palisade_store::lease`), committed with the audit batches, exact near a limit.
+//! Before that (and in benches and unit tests that have no store) an in-process
+//! [`memory::MemoryLedger`] serves.
 
+pub mod lease;
 pub mod memory;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use palisade_store::{Reservation, Store};
+use palisade_store::Store;
 
-use crate::plugins::bindings::{Amount, Exceeded, ReserveError, Unit, Window};
+use crate::plugins::bindings::{Amount, ReserveError, Unit, Window};
+pub use lease::{LeaseJournal, Leased};
 pub use memory::{MemoryLedger, window_start};
 
-/// How long a reservation holds before an expiry sweep frees it; longer than any call.
+/// How long a lease or a direct reservation holds without renewal: a replica renews its own
+/// while it lives (a stream may run longer), so only a dead replica's run out.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// The ledger the host imports use.
 #[derive(Default)]
 pub struct Ledger {
     memory: MemoryLedger,
-    store: OnceLock<Store>,
+    leased: OnceLock<Arc<Leased>>,
 }
 
 fn unit_to_store(u: Unit) -> palisade_store::Unit {
@@ -58,90 +61,66 @@ fn window_from_store(w: palisade_store::Window) -> Window {
     }
 }
 
+fn to_store_amount(a: &Amount) -> palisade_store::Amount {
+    palisade_store::Amount {
+        scope: a.scope.clone(),
+        unit: unit_to_store(a.unit),
+        window: window_to_store(a.window),
+        amount: a.amount,
+        limit: a.limit,
+    }
+}
+
 impl Ledger {
     /// Move onto the store's shared ledger (once; later calls are ignored).
     pub fn use_store(&self, store: Store) {
-        let _ = self.store.set(store);
+        let _ = self
+            .leased
+            .set(Arc::new(Leased::new(store, RESERVATION_TTL)));
     }
 
-    /// The store behind the ledger, if it is shared.
-    pub fn store(&self) -> Option<&Store> {
-        self.store.get()
+    /// This replica's leased ledger, once the store is open.
+    pub fn leased(&self) -> Option<&Arc<Leased>> {
+        self.leased.get()
     }
 
     /// Hold every amount or none.
     pub async fn reserve(&self, amounts: &[Amount]) -> Result<u64, ReserveError> {
-        let Some(store) = self.store.get() else {
-            return self.memory.reserve(amounts);
-        };
-        let amounts: Vec<palisade_store::Amount> = amounts
-            .iter()
-            .map(|a| palisade_store::Amount {
-                scope: a.scope.clone(),
-                unit: unit_to_store(a.unit),
-                window: window_to_store(a.window),
-                amount: a.amount,
-                limit: a.limit,
-            })
-            .collect();
-        match store.reserve(&amounts, RESERVATION_TTL).await {
-            Ok(Reservation::Held(id)) => u64::try_from(id)
-                .map_err(|_| ReserveError::Unavailable("bad reservation id".into())),
-            Ok(Reservation::Exceeded(e)) => Err(ReserveError::Exceeded(Exceeded {
-                scope: e.scope,
-                unit: unit_from_store(e.unit),
-                window: window_from_store(e.window),
-                spent: e.spent,
-                reserved: e.reserved,
-                limit: e.limit,
-            })),
-            Err(e) => {
-                tracing::warn!("ledger reserve failed: {e}");
-                Err(ReserveError::Unavailable(format!(
-                    "ledger unavailable: {e}"
-                )))
-            }
+        match self.leased.get() {
+            Some(l) => l.reserve(amounts).await,
+            None => self.memory.reserve(amounts),
         }
     }
 
     /// Replace a reservation with the real spend.
     pub async fn settle(&self, id: u64, micro_usd: u64, tokens: u64) -> Result<(), String> {
-        let Some(store) = self.store.get() else {
-            return self.memory.settle(id, micro_usd, tokens);
-        };
-        let id = i64::try_from(id).map_err(|_| format!("no open reservation {id}"))?;
-        store
-            .settle(id, micro_usd, tokens)
-            .await
-            .map_err(|e| e.to_string())
+        match self.leased.get() {
+            Some(l) => l.settle(id, micro_usd, tokens).await,
+            None => self.memory.settle(id, micro_usd, tokens),
+        }
     }
 
-    /// Drop a reservation without spending. On the store this runs in the background (it is
-    /// called where the call ends, which cannot wait); should it fail, the TTL frees the hold.
+    /// Drop a reservation without spending (called where the call ends, which cannot wait).
     pub fn release(&self, id: u64) {
-        let Some(store) = self.store.get() else {
-            self.memory.release(id);
-            return;
-        };
-        let (Ok(id), Ok(rt)) = (i64::try_from(id), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let store = store.clone();
-        rt.spawn(async move {
-            if let Err(e) = store.release(id).await {
-                tracing::warn!("ledger release of reservation {id} failed (it will expire): {e}");
-            }
-        });
+        match self.leased.get() {
+            Some(l) => l.release(id),
+            None => self.memory.release(id),
+        }
     }
 
     /// Settled spend of a scope in the current window.
     pub async fn spent(&self, scope: &str, unit: Unit, window: Window) -> Result<u64, String> {
-        let Some(store) = self.store.get() else {
-            return Ok(self.memory.spent(scope, unit, window));
-        };
-        store
-            .spent(scope, unit_to_store(unit), window_to_store(window))
-            .await
-            .map_err(|e| e.to_string())
+        match self.leased.get() {
+            Some(l) => l.spent(scope, unit, window).await,
+            None => Ok(self.memory.spent(scope, unit, window)),
+        }
+    }
+
+    /// Commit pending spend and give every lease back (shutdown, after the last call).
+    pub async fn close(&self) -> Result<(), String> {
+        match self.leased.get() {
+            Some(l) => l.close().await,
+            None => Ok(()),
+        }
     }
 }
