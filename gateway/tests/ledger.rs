@@ -430,7 +430,7 @@ async fn two_replicas_race(db: Db) {
         .expect("rows");
     let billed: i64 = rows
         .iter()
-        .filter(|r| r.kind == "llm")
+        .filter(|r| r.kind == "llm-call")
         .map(|r| r.cost_micro_usd)
         .sum();
     assert_eq!(
@@ -451,3 +451,84 @@ async fn two_replicas_race(db: Db) {
     store.close().await;
 }
 on_both!(two_replicas, two_replicas_race);
+
+// ---- A stream longer than the TTL, through the gateway. ----
+
+const STREAM_PLUGINS: &str = r#"
+[[plugins]]
+name = "budget"
+path = "budget.wasm"
+[plugins.config.defaults.agent]
+micro_usd = { day = 100000000 }
+"#;
+
+/// A stream that runs past the reservation TTL keeps its hold: the replica renews it, the
+/// expiry sweep run meanwhile frees nothing of it, and the stream is charged in full at its end
+/// (before leases, the sweep freed the reservation and the final settle found nothing: free).
+async fn a_stream_outlives_the_ttl(db: Db) {
+    let gw = TestGateway::start_full(db, &["budget"], STREAM_PLUGINS, false, RACE_EXTRA).await;
+    let ledger = gw.gw.services.ledger.leased().expect("leased ledger").clone();
+    let ttl = Duration::from_secs(30);
+    ledger.set_ttl(ttl);
+    let words = "tick ".repeat(40);
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": true,
+        "messages": [{"role": "user", "content": format!("[mock:chunk_delay_ms=100] {words}")}],
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("authorization", format!("Bearer {SUPPORT_KEY}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.expect("answer");
+    assert_eq!(resp.status(), 200);
+    let request_id = resp
+        .headers()
+        .get("palisade-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("request id")
+        .to_string();
+    let mut body = resp.into_body();
+    let first = http_body_util::BodyExt::frame(&mut body)
+        .await
+        .expect("a first event")
+        .expect("frame");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+
+    // Ten TTLs pass while the stream runs; the replica renews, then the sweep runs.
+    ledger.skew_clock(ttl * 10);
+    ledger.sync().await.expect("renew");
+    gw.gw
+        .store
+        .expire_reservations_at(ledger.now_ms())
+        .await
+        .expect("sweep");
+    assert!(gw.gw.drain.running() >= 1, "the stream is still running");
+    let (_, held) = counter_in(&gw.gw.store, "agent:support-bot", palisade_store::Window::Day).await;
+    assert!(held > 0, "the stream's hold survived the sweep");
+
+    let rest = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("the rest")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+    assert!(gw.gw.drain.wait_idle(Duration::from_secs(10)).await);
+    gw.gw.audit.flush().await.expect("flush");
+    let row = gw
+        .gw
+        .store
+        .audit_stream(AuditFilter::default())
+        .try_collect::<Vec<palisade_store::AuditRecord>>()
+        .await
+        .expect("rows")
+        .into_iter()
+        .find(|r| r.request_id == request_id)
+        .expect("the stream's audit row");
+    assert!(row.cost_micro_usd > 0 && row.output_tokens > 30, "{row:?}");
+    let (spent, _) = counter_in(&gw.gw.store, "agent:support-bot", palisade_store::Window::Day).await;
+    assert_eq!(spent, u64::try_from(row.cost_micro_usd).unwrap(), "charged in full");
+}
+on_both!(stream_outlives_ttl, a_stream_outlives_the_ttl);
