@@ -1,7 +1,9 @@
 //! The cost per call of `depth` + `budget` in the chain: `on-request` (depth checks, budget
 //! reserves the worst case) and `on-complete` (budget settles), fresh instances, with the ledger
 //! in memory, on SQLite and on PostgreSQL (skipped where 127.0.0.1:5432 does not answer or
-//! PALISADE_SKIP_PG=1). Ledger reserve throughput alone is in `store/benches/audit.rs`.
+//! PALISADE_SKIP_PG=1). The `ledger` group times the replica's leased ledger alone: a reserve
+//! over three scopes (agent, team, run) and its settle, with headroom, on SQLite; the store's
+//! own reservation transactions are in `store/benches/audit.rs`.
 //!
 //! `cargo bench -p palisade --bench budget_depth` after `make plugins`.
 
@@ -10,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use palisade::plugins::bindings::{Agent, Call, CallKind, Completion, Usage};
+use palisade::plugins::bindings::{Agent, Amount, Call, CallKind, Completion, Unit, Usage, Window};
+use palisade::plugins::ledger::Leased;
 use palisade::plugins::{Chain, HostServices, Policy};
 use palisade_store::Store;
 
@@ -140,7 +143,35 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
+
+    let mut group = c.benchmark_group("ledger");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let lfile = std::env::temp_dir().join(format!("palisade-bench-l-{}.db", std::process::id()));
+    let lstore = rt
+        .block_on(Store::connect(&format!("sqlite://{}", lfile.display())))
+        .unwrap();
+    let leased = Arc::new(Leased::new(lstore, Duration::from_secs(900)));
+    let amounts: Vec<Amount> = ["agent:bench-agent", "team:bench", "run:run_bench"]
+        .iter()
+        .map(|s| Amount {
+            scope: s.to_string(),
+            unit: Unit::MicroUsd,
+            window: Window::Day,
+            amount: 160,
+            limit: 1_000_000_000_000,
+        })
+        .collect();
+    group.bench_function("leased-reserve+settle-3-scopes", |b| {
+        b.to_async(&rt).iter(|| async {
+            let id = leased.reserve(&amounts).await.unwrap();
+            leased.settle(id, 30, 0).await.unwrap();
+        });
+    });
+    group.finish();
     let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(lfile);
 }
 
 criterion_group!(benches, bench);

@@ -147,12 +147,7 @@ async fn agent_loop_is_stopped_at_the_configured_depth_within_the_run_cap() {
 
     // The whole run was charged to one run scope, under its cap.
     let run = run_id(&gw, chain.as_deref().unwrap());
-    let spent = gw
-        .gw
-        .store
-        .spent(&format!("run:{run}"), Unit::MicroUsd, Window::Total)
-        .await
-        .unwrap();
+    let spent = store_spent(&gw, &format!("run:{run}"), Unit::MicroUsd, Window::Total).await;
     assert!(spent > 0 && spent <= 1_000_000, "run spend {spent}");
 
     // The run's delegation tree: A called B called C called A, which was refused.
@@ -310,14 +305,9 @@ async fn concurrent_calls_stay_under_the_cap(db: Db) {
         "{}",
         d.message()
     );
-    // Settling ends with the calls; give released holds a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let spent = first
-        .gw
-        .store
-        .spent("agent:agent-a", Unit::MicroUsd, Window::Day)
-        .await
-        .unwrap();
+    // Both replicas' settled spend commits with their audit batches.
+    store_spent(&second, "agent:agent-a", Unit::MicroUsd, Window::Day).await;
+    let spent = store_spent(&first, "agent:agent-a", Unit::MicroUsd, Window::Day).await;
     assert!(spent > 0, "calls were charged");
     eprintln!("{db:?}: {ok} calls went through, spent {spent} of {cap}");
     assert!(spent <= cap, "spent {spent} passed the cap {cap}");
@@ -384,19 +374,7 @@ async fn a_cut_stream_is_charged_for_what_was_streamed() {
         "the cut stream ends with an error event: {events:?}"
     );
     assert!(!events.iter().any(|e| e == "[DONE]"));
-    let mut spent = 0;
-    for _ in 0..50 {
-        spent = gw
-            .gw
-            .store
-            .spent("agent:agent-b", Unit::MicroUsd, Window::Day)
-            .await
-            .unwrap();
-        if spent > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let spent = store_spent(&gw, "agent:agent-b", Unit::MicroUsd, Window::Day).await;
     // Three words went out: a handful of output tokens plus the input, well under the worst case.
     assert!(spent > 0, "the cut stream was charged");
     assert!(
@@ -443,19 +421,7 @@ async fn a_stream_outrunning_its_budget_is_cut_at_the_cap() {
         })
         .sum();
     assert!(streamed > 20, "a good part of the answer went out first");
-    let mut spent = 0;
-    for _ in 0..50 {
-        spent = gw
-            .gw
-            .store
-            .spent("agent:agent-b", Unit::MicroUsd, Window::Day)
-            .await
-            .unwrap();
-        if spent > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let spent = store_spent(&gw, "agent:agent-b", Unit::MicroUsd, Window::Day).await;
     assert!(spent <= CAP, "spend {spent} passed the cap {CAP}");
     // Charged for what was streamed: its output tokens at 100 micro-USD each, plus the input.
     let output_cost = (streamed as u64).div_ceil(4) * 100;
@@ -464,8 +430,8 @@ async fn a_stream_outrunning_its_budget_is_cut_at_the_cap() {
         "charged {spent}, less than the {output_cost} of the streamed output"
     );
     // The next call finds the budget spent.
-    let (status, _) = gw.chat_stream(B_KEY, &body("again")).await;
-    assert_eq!(status, 429);
+    let (status, ev) = gw.chat_stream(B_KEY, &body("again")).await;
+    assert_eq!(status, 429, "spent {spent}: {ev:?}");
 }
 
 /// `max_calls_per_run` counts a run's calls in the shared ledger (so replicas on one database
@@ -496,12 +462,13 @@ async fn calls_per_run_are_counted_in_the_shared_ledger() {
     assert_eq!(fourth.json["error"]["code"], "delegation_limit");
     let msg = fourth.json["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("4 calls") && msg.contains(&run), "{msg}");
-    let counted = gw
-        .gw
-        .store
-        .spent(&format!("calls:run:{run}"), Unit::Tokens, Window::Total)
-        .await
-        .unwrap();
+    let counted = store_spent(
+        &gw,
+        &format!("calls:run:{run}"),
+        Unit::Tokens,
+        Window::Total,
+    )
+    .await;
     assert_eq!(counted, 3, "the three calls let through are in the ledger");
     // Another run is not affected.
     assert_eq!(agent_a(&gw, None).await.status, 200);
@@ -643,19 +610,15 @@ micro_usd = {{ day = 100000000000 }}
 
 /// Spend of `scope` today, once the call's settlement has landed.
 async fn settled_spend(gw: &TestGateway, scope: &str) -> u64 {
-    for _ in 0..50 {
-        let spent = gw
-            .gw
-            .store
-            .spent(scope, Unit::MicroUsd, Window::Day)
-            .await
-            .unwrap();
-        if spent > 0 {
-            return spent;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    0
+    store_spent(gw, scope, Unit::MicroUsd, Window::Day).await
+}
+
+/// What the store says `scope` spent once every call has ended and the audit batches (which
+/// carry the replica's settled spend) are committed.
+async fn store_spent(gw: &TestGateway, scope: &str, unit: Unit, window: Window) -> u64 {
+    assert!(gw.gw.drain.wait_idle(Duration::from_secs(10)).await);
+    gw.gw.audit.flush().await.expect("audit flush");
+    gw.gw.store.spent(scope, unit, window).await.unwrap()
 }
 
 /// Issue 15: the reservation counts the whole request. Under a cap a plain call fits (worst

@@ -197,6 +197,39 @@ async fn dead_replicas_expire_live_ones_renew(db: Db) {
 }
 on_both!(dead_expire_live_renew, dead_replicas_expire_live_ones_renew);
 
+/// A stream's guard grows a call with further small reservations (which may be leased) and the
+/// call's own reservation is then settled at the whole cost: that overrun used the room the
+/// lease was counting on, so the next call asks the store, which refuses it.
+async fn an_overrun_makes_leases_ask_the_store(db: Db) {
+    let (store, _) = store(db, "lease-overrun").await;
+    let l = Arc::new(Leased::new(store.clone(), TTL));
+    // Too big a share of the cap for a lease: reserved directly.
+    let call = l.reserve(&[usd("agent:b", 1_900, 4_000)]).await.unwrap();
+    // The guard's growth, 100 at a time: small enough to lease.
+    let mut growth = Vec::new();
+    for _ in 0..15 {
+        growth.push(l.reserve(&[usd("agent:b", 100, 4_000)]).await.unwrap());
+    }
+    let (_, reserved) = counter(&store, "agent:b").await;
+    assert!(
+        reserved > 1_900,
+        "a lease was taken for the growth: {reserved}"
+    );
+    // The plugin settles the whole cost; the growth is released.
+    l.settle(call, 3_870, 0).await.unwrap();
+    for id in growth {
+        l.release(id);
+    }
+    assert_eq!(l.overruns(), 1);
+    match l.reserve(&[usd("agent:b", 530, 4_000)]).await {
+        Err(ReserveError::Exceeded(e)) => assert_eq!(e.spent, 3_870),
+        other => panic!("3870 spent of 4000, and 530 more was {other:?}"),
+    }
+    l.close().await.unwrap();
+    assert_eq!(counter(&store, "agent:b").await, (3_870, 0));
+}
+on_both!(overrun_rechecks, an_overrun_makes_leases_ask_the_store);
+
 // ---- Property test: two replicas against a reference model. ----
 
 #[derive(Debug, Clone)]
@@ -467,7 +500,13 @@ micro_usd = { day = 100000000 }
 /// (before leases, the sweep freed the reservation and the final settle found nothing: free).
 async fn a_stream_outlives_the_ttl(db: Db) {
     let gw = TestGateway::start_full(db, &["budget"], STREAM_PLUGINS, false, RACE_EXTRA).await;
-    let ledger = gw.gw.services.ledger.leased().expect("leased ledger").clone();
+    let ledger = gw
+        .gw
+        .services
+        .ledger
+        .leased()
+        .expect("leased ledger")
+        .clone();
     let ttl = Duration::from_secs(30);
     ledger.set_ttl(ttl);
     let words = "tick ".repeat(40);
@@ -507,7 +546,12 @@ async fn a_stream_outlives_the_ttl(db: Db) {
         .await
         .expect("sweep");
     assert!(gw.gw.drain.running() >= 1, "the stream is still running");
-    let (_, held) = counter_in(&gw.gw.store, "agent:support-bot", palisade_store::Window::Day).await;
+    let (_, held) = counter_in(
+        &gw.gw.store,
+        "agent:support-bot",
+        palisade_store::Window::Day,
+    )
+    .await;
     assert!(held > 0, "the stream's hold survived the sweep");
 
     let rest = http_body_util::BodyExt::collect(body)
@@ -528,7 +572,16 @@ async fn a_stream_outlives_the_ttl(db: Db) {
         .find(|r| r.request_id == request_id)
         .expect("the stream's audit row");
     assert!(row.cost_micro_usd > 0 && row.output_tokens > 30, "{row:?}");
-    let (spent, _) = counter_in(&gw.gw.store, "agent:support-bot", palisade_store::Window::Day).await;
-    assert_eq!(spent, u64::try_from(row.cost_micro_usd).unwrap(), "charged in full");
+    let (spent, _) = counter_in(
+        &gw.gw.store,
+        "agent:support-bot",
+        palisade_store::Window::Day,
+    )
+    .await;
+    assert_eq!(
+        spent,
+        u64::try_from(row.cost_micro_usd).unwrap(),
+        "charged in full"
+    );
 }
 on_both!(stream_outlives_ttl, a_stream_outlives_the_ttl);

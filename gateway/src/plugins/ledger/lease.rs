@@ -66,8 +66,8 @@ impl Counter {
 enum Open {
     /// Admitted against leases: the amount per counter.
     Local(Vec<(CounterKey, u64)>),
-    /// Reserved directly in the store under this id.
-    Direct(i64),
+    /// Reserved directly in the store under this id, with the amount per counter.
+    Direct(i64, Vec<(CounterKey, u64)>),
 }
 
 #[derive(Default)]
@@ -265,21 +265,27 @@ impl Leased {
             self.apply(&pending, &report, now_synced);
             drop(ops);
             if scarce {
-                return self.direct(amounts, now).await;
+                return self.direct(amounts, &wanted, now).await;
             }
         }
-        self.direct(amounts, now).await
+        self.direct(amounts, &wanted, now).await
     }
 
     /// Reserve in the store itself, exact: near a limit, or when leases keep racing.
-    async fn direct(&self, amounts: &[Amount], now: i64) -> Result<u64, ReserveError> {
+    async fn direct(
+        &self,
+        amounts: &[Amount],
+        wanted: &Wanted,
+        now: i64,
+    ) -> Result<u64, ReserveError> {
         let amounts: Vec<palisade_store::Amount> = amounts.iter().map(to_store_amount).collect();
         match self.store.reserve_at(&amounts, now, self.ttl()).await {
             Ok(Reservation::Held(sid)) => {
                 let mut st = self.lock();
                 st.next_id += 1;
                 let id = st.next_id;
-                st.open.insert(id, Open::Direct(sid));
+                let holds = wanted.iter().map(|(k, (a, _))| (k.clone(), *a)).collect();
+                st.open.insert(id, Open::Direct(sid, holds));
                 Ok(id)
             }
             Ok(Reservation::Exceeded(e)) => Err(ReserveError::Exceeded(Exceeded {
@@ -305,7 +311,7 @@ impl Leased {
             .open
             .values()
             .filter_map(|o| match o {
-                Open::Direct(sid) => Some(*sid),
+                Open::Direct(sid, _) => Some(*sid),
                 Open::Local(_) => None,
             })
             .collect();
@@ -392,11 +398,34 @@ impl Leased {
                 }
                 Ok(())
             }
-            Some(Open::Direct(sid)) => self
-                .store
-                .settle(sid, micro_usd, tokens)
-                .await
-                .map_err(|e| e.to_string()),
+            Some(Open::Direct(sid, holds)) => {
+                self.store
+                    .settle(sid, micro_usd, tokens)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // An overrun used headroom this replica's leases on the same counters may be
+                // counting on (the stream guard grows a call with further reservations, which
+                // can be leased, and charges the whole cost here): their next admission asks
+                // the store again.
+                let mut st = self.lock();
+                let mut over = false;
+                for (k, amount) in holds {
+                    let spend = match k.unit {
+                        palisade_store::Unit::MicroUsd => micro_usd,
+                        palisade_store::Unit::Tokens => tokens,
+                    };
+                    if spend > amount {
+                        over = true;
+                        if let Some(c) = st.counters.get_mut(&k) {
+                            c.limit = u64::MAX;
+                        }
+                    }
+                }
+                if over {
+                    self.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -413,7 +442,7 @@ impl Leased {
                     }
                 }
             }
-            Some(Open::Direct(sid)) => {
+            Some(Open::Direct(sid, _)) => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
                     return;
                 };
