@@ -95,6 +95,11 @@ impl Instance {
         self.store.data_mut().release_reservations();
     }
 
+    /// Whether the plugin called `declare-stateless` on this instance (in `init`).
+    pub fn declared_stateless(&self) -> bool {
+        self.store.data().declared_stateless
+    }
+
     /// Peak linear memory this instance has grown to.
     pub fn peak_memory(&self) -> usize {
         self.store.data().limiter.peak_bytes
