@@ -141,3 +141,52 @@ async fn a_plugin_built_against_0_1_0_still_loads_and_runs_fresh() {
     assert_eq!(mode(&st, "old"), owned(("fresh", "default", false)));
     assert_eq!(mode(&st, "old-pooled"), owned(("pooled", "config", false)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_left_mid_hook_by_a_cancelled_call_is_not_reused() {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use palisade::plugins::bindings::{Agent, Call, CallKind};
+
+    // Pooled by its declaration; spins forever on calls to `spin`, allows the rest.
+    let toml = "[[plugins]]\nname = \"spinner\"\npath = \"fixture.wasm\"\n\
+                [plugins.config]\nmode = \"loop\"\nmodel = \"spin\"\nstateless = true\n";
+    let gw = TestGateway::start(&["fixture"], toml).await;
+    let chain = gw.gw.policy.current().chain.clone();
+    let mut call = Call {
+        request_id: "req_cancelled".into(),
+        run_id: "run_cancelled".into(),
+        chain: vec!["support-bot".into()],
+        agent: Agent {
+            id: "support-bot".into(),
+            name: "support-bot".into(),
+            owner: "alice@example.com".into(),
+            team: "support".into(),
+            labels: Vec::new(),
+        },
+        kind: CallKind::LlmCall,
+        target: "spin".into(),
+        body: chat_body("spin", "x").to_string(),
+        stream: false,
+        input_tokens: 1,
+        max_output_tokens: 1,
+        max_cost: 0,
+    };
+    // The pool's one instance starts the spinning hook; the first poll returns once the guest
+    // yields at an epoch tick, and the call is then dropped (an agent hanging up) mid-hook.
+    let mut session = chain.session(Arc::from("req_cancelled"));
+    {
+        let mut hook = std::pin::pin!(session.on_request(&mut call));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(hook.as_mut().poll(&mut cx).is_pending());
+    }
+    session.finish();
+    // The torn instance went away: the next calls get a sound one.
+    for _ in 0..2 {
+        let r = gw
+            .chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "after"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+}

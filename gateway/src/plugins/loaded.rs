@@ -272,10 +272,10 @@ impl LoadedPlugin {
         Ok(self.instantiate(request_id, holds).await?.0)
     }
 
-    /// Give an instance back after its call: pooled ones are kept unless they trapped, served
-    /// `max_calls` calls or grew past half their memory cap.
+    /// Give an instance back after its call: pooled ones are kept unless they trapped, were left
+    /// mid-hook by a cancelled call, served `max_calls` calls or grew past half their memory cap.
     pub fn checkin(&self, mut inst: Instance) {
-        if self.instances != Instances::Pooled || inst.broken {
+        if self.instances != Instances::Pooled || !inst.reusable() {
             return;
         }
         inst.end_call();
