@@ -29,7 +29,7 @@ setup:
 ## The shipped Rust plugins (crate palisade-plugin-NAME, built to dist/plugins/NAME.wasm) and the
 ## test fixtures (crate palisade-fixture-NAME, built to dist/plugins/NAME.wasm).
 RUST_PLUGINS := model-allow depth budget pii router tool-acl approvals
-FIXTURES := plugin wrong-world trivial
+FIXTURES := plugin wrong-world trivial legacy
 
 ## Build every plugin: the Rust ones and the Python/JavaScript examples.
 plugins: plugins-rust plugins-py plugins-js

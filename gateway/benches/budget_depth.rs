@@ -1,5 +1,6 @@
 //! The cost per call of `depth` + `budget` in the chain: `on-request` (depth checks, budget
-//! reserves the worst case) and `on-complete` (budget settles), fresh instances, with the ledger
+//! reserves the worst case) and `on-complete` (budget settles), fresh instances (pinned with
+//! `instances = "fresh"`: both plugins declare themselves stateless), with the ledger
 //! in memory, on SQLite and on PostgreSQL (skipped where 127.0.0.1:5432 does not answer or
 //! PALISADE_SKIP_PG=1). The `ledger` group times the replica's leased ledger alone: a reserve
 //! over three scopes (agent, team, run) and its settle, with headroom, on SQLite; the store's
@@ -21,6 +22,7 @@ const PLUGINS: &str = r#"
 [[plugins]]
 name = "depth"
 path = "DIST/depth.wasm"
+instances = "fresh"
 [plugins.config]
 max_depth = 5
 max_repeats = 2
@@ -29,6 +31,7 @@ max_calls_per_run = 1000000000
 [[plugins]]
 name = "budget"
 path = "DIST/budget.wasm"
+instances = "fresh"
 [plugins.config.defaults.agent]
 micro_usd = { day = 1000000000000 }
 tokens = { day = 1000000000000 }

@@ -74,8 +74,10 @@ pub mod prelude {
 }
 
 /// A policy plugin. Override the hooks you need and list them in [`Plugin::HOOKS`]; the gateway
-/// calls only those. One value of this type lives for one call (or, for plugins configured
-/// `pooled`, for several calls one after the other): never keep state across calls in it.
+/// calls only those. One value of this type lives for one call, or, for a plugin that calls
+/// [`host::declare_stateless`] in `init` (or that the operator configured `pooled`), for several
+/// calls one after the other: never keep state across calls in it, and reset per-call fields
+/// when `call.request_id` changes.
 pub trait Plugin: Sized + 'static {
     /// The hooks this plugin implements.
     const HOOKS: Hooks;

@@ -28,6 +28,8 @@ pub struct TestHost {
     pub kv: HashMap<String, Vec<u8>>,
     /// What `now_ms` returns.
     pub now_ms: u64,
+    /// Whether the plugin called [`crate::host::declare_stateless`].
+    pub declared_stateless: bool,
     next_id: u64,
 }
 
@@ -135,9 +137,13 @@ pub mod native {
             h.kv.remove(key);
         })
     }
+    pub fn declare_stateless() {
+        with_host(|h| h.declared_stateless = true)
+    }
 }
 
-/// Runs one plugin value's hooks natively, as the gateway would for one call.
+/// Runs one plugin value's hooks natively, as the gateway would for one call (or, several calls
+/// in a row with their own request ids, as a reused instance of a stateless plugin would).
 pub struct Harness<P: Plugin> {
     plugin: P,
 }
@@ -156,6 +162,10 @@ impl<P: Plugin> Harness<P> {
     /// Run `on-response`.
     pub fn on_response(&mut self, call: &Call, body: &str) -> Outcome {
         self.plugin.on_response(call, body)
+    }
+    /// Run `on-text` on one delta.
+    pub fn on_text(&mut self, call: &Call, delta: &str, last: bool) -> String {
+        self.plugin.on_text(call, delta, last)
     }
     /// Run `on-text` over a sequence of deltas as a stream would, returning the joined output.
     pub fn stream(&mut self, call: &Call, deltas: &[&str]) -> String {
@@ -241,6 +251,12 @@ impl CallBuilder {
             self.call.agent.name = (*last).into();
         }
         self.call.chain = agents.iter().map(|a| (*a).to_string()).collect();
+        self
+    }
+    /// Set the request id (one per call; a plugin that declared itself stateless sees a new
+    /// one when a reused instance starts another call).
+    pub fn request(mut self, request_id: &str) -> Self {
+        self.call.request_id = request_id.into();
         self
     }
     /// Set the run id.

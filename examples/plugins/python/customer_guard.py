@@ -38,8 +38,10 @@ from wit_world.imports.types import (
 )
 
 # componentize-py may build a fresh `Policy` object for every exported call, so what `init`
-# parsed lives at module level. One Wasm instance serves one call (or, pooled, one call at a
-# time), so this is per instance, never shared across calls running at once.
+# parsed lives at module level. One Wasm instance serves one call at a time, so this is per
+# instance, never shared across calls running at once. It is all the plugin keeps, so `init`
+# declares the plugin stateless and the gateway reuses the instance for later calls (a fresh
+# Python instance costs about a millisecond).
 _rules = None
 
 
@@ -113,6 +115,7 @@ class Policy(exports.Policy):
     def init(self, config_json):
         global _rules
         _rules = _parse_config(config_json)
+        host.declare_stateless()
         return Hooks.ON_REQUEST
 
     def on_request(self, call):

@@ -52,7 +52,11 @@ pub async fn status(
                 "path": p.settings.path.display().to_string(),
                 "sha256": p.sha256,
                 "hooks": hook_names(p.hooks),
-                "instances": p.settings.instances,
+                // The effective mode, and whether the operator set it (`config`), the plugin
+                // declared itself stateless (`declared`) or neither did (`default`: fresh).
+                "instances": p.instances,
+                "instances_from": p.instances_from(),
+                "declared_stateless": p.declared_stateless,
                 "on_error": p.settings.on_error,
                 "deadline_ms": p.settings.deadline.as_millis() as u64,
                 "memory_mb": p.settings.memory_bytes >> 20,

@@ -149,7 +149,7 @@ async fn load(file: &Path, args: &LoadArgs) -> Result<Loaded, CliError> {
         name: name.clone(),
         path: file.to_path_buf(),
         on_error: OnError::Deny,
-        instances: Instances::Fresh,
+        instances: Some(Instances::Fresh),
         max_calls: 1,
         deadline: Duration::from_millis(args.deadline_ms),
         memory_bytes: args.memory_mb << 20,
@@ -231,6 +231,14 @@ async fn check(file: &Path, args: &LoadArgs) -> Result<(), CliError> {
         l.load_check_time.as_millis()
     );
     println!("  hooks:    {}", hook_names(l.plugin.hooks).join(", "));
+    println!(
+        "  pooling:  {}",
+        if l.plugin.declared_stateless {
+            "declared stateless: pooled unless configured `instances = \"fresh\"`"
+        } else {
+            "fresh per call unless configured `instances = \"pooled\"`"
+        }
+    );
     println!("  imports:  {}", l.imports.join(", "));
     if l.imports.iter().any(|i| i.starts_with("wasi:")) {
         println!(

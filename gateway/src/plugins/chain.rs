@@ -20,8 +20,8 @@ use crate::core::settings::OnError;
 /// A loaded chain; immutable, swapped whole on reload.
 pub struct Chain {
     pub plugins: Vec<Arc<LoadedPlugin>>,
-    /// Hash of the plugins' names, bytes, configs and settings: the "policy version" in the
-    /// audit and `/admin/status`.
+    /// Hash of the plugins' names, bytes, configs and settings (with the instance mode in
+    /// effect): the "policy version" in the audit and `/admin/status`.
     pub version: String,
 }
 
@@ -36,7 +36,7 @@ impl Chain {
                 p.sha256,
                 s.config_json,
                 s.on_error,
-                s.instances,
+                p.instances,
                 s.max_calls,
                 s.deadline,
                 s.memory_bytes

@@ -1,8 +1,8 @@
 //! The per-instance host state (a `Store`'s data) and the host imports a plugin may call:
-//! `log`, `now-ms`, the ledger and the key-value store. Nothing else is granted: the WASI
-//! context every instance gets has no preopened files, no environment, no arguments, no sockets
-//! and no stdio, because Rust, Python and JavaScript guests import WASI interfaces by default even
-//! when they never use them.
+//! `log`, `now-ms`, the ledger, the key-value store and `declare-stateless`. Nothing else is
+//! granted: the WASI context every instance gets has no preopened files, no environment, no
+//! arguments, no sockets and no stdio, because Rust, Python and JavaScript guests import WASI
+//! interfaces by default even when they never use them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -122,6 +122,8 @@ pub struct HostState {
     pub reservations: Vec<u64>,
     /// The running call's reservations, shared with the call (for stream growth).
     pub holds: Arc<CallHolds>,
+    /// Set by `declare-stateless`; read once, after the load check's `init`.
+    pub declared_stateless: bool,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -146,6 +148,7 @@ impl HostState {
             timed_out: false,
             reservations: Vec::new(),
             holds: Arc::default(),
+            declared_stateless: false,
             // No preopens, env, args, network or stdio: a capability-free WASI.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -292,5 +295,9 @@ impl host::Host for HostState {
 
     async fn kv_delete(&mut self, key: String) {
         self.timed(|s| s.services.kv.delete(&s.plugin, &key))
+    }
+
+    async fn declare_stateless(&mut self) {
+        self.declared_stateless = true;
     }
 }

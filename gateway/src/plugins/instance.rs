@@ -22,6 +22,9 @@ pub struct Instance {
     pub calls: u32,
     /// Set after a fault: a trapped instance must not be entered again.
     pub broken: bool,
+    /// True while a hook runs. Still true when the instance comes back means the hook's future
+    /// was dropped mid-run (the call was cancelled): its guest state is torn, so it is not reused.
+    in_hook: bool,
 }
 
 impl Instance {
@@ -69,6 +72,7 @@ impl Instance {
             _permit: permit,
             calls: 0,
             broken: false,
+            in_hook: false,
         };
         let timer = inst.begin_hook();
         let init = inst.bindings.palisade_policy_policy();
@@ -95,13 +99,26 @@ impl Instance {
         self.store.data_mut().release_reservations();
     }
 
+    /// Whether the plugin called `declare-stateless` on this instance (in `init`).
+    pub fn declared_stateless(&self) -> bool {
+        self.store.data().declared_stateless
+    }
+
     /// Peak linear memory this instance has grown to.
     pub fn peak_memory(&self) -> usize {
         self.store.data().limiter.peak_bytes
     }
 
+    /// Whether this instance may serve another call: it neither faulted nor was left mid-hook.
+    pub fn reusable(&self) -> bool {
+        !self.broken && !self.in_hook
+    }
+
     /// Start a hook's clock; the returned timer holds it to its hard bound.
     fn begin_hook(&mut self) -> HardBound {
+        // A hook left mid-run by a cancelled call tore the guest's state: never reuse it after.
+        self.broken |= self.in_hook;
+        self.in_hook = true;
         self.store.data_mut().start_hook();
         self.store.set_epoch_deadline(1);
         self.store.data().clock.timer()
@@ -110,6 +127,7 @@ impl Instance {
     /// A hook's result, or the fault it ended in (`None`: it ran past its hard bound, and its
     /// call future was dropped mid-run, so the instance is not entered again).
     fn finish<R>(&mut self, r: Option<wasmtime::Result<R>>) -> Result<R, PluginFault> {
+        self.in_hook = false;
         match r {
             Some(Ok(v)) => Ok(v),
             Some(Err(e)) => {

@@ -1,7 +1,11 @@
 //! A plugin loaded and ready: read, hashed, compiled (or taken from the on-disk cache), linked
 //! against the host (`instantiate_pre` refuses a component of another world or with imports we
 //! do not grant), and smoke-tested with its config. All of this happens off the request path;
-//! per call only instantiation is left.
+//! per call only instantiation is left, or not even that for a pooled plugin.
+//!
+//! The smoke test's `init` also tells whether the plugin declared itself stateless
+//! (`host.declare-stateless`); with no `instances` in its `[[plugins]]` table, that decides
+//! between a pooled and a fresh instance per call, once, here.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,6 +70,11 @@ pub struct LoadedPlugin {
     pub settings: PluginSettings,
     pub sha256: String,
     pub hooks: Hooks,
+    /// Whether the load check's `init` called `declare-stateless`.
+    pub declared_stateless: bool,
+    /// How this plugin's instances live: the operator's `instances`, or else pooled if the
+    /// plugin declared itself stateless and fresh if not.
+    pub instances: Instances,
     pub pre: PluginPre<HostState>,
     pub compiled: Compiled,
     pub services: Arc<HostServices>,
@@ -185,6 +194,8 @@ impl LoadedPlugin {
             name: Arc::from(settings.name.as_str()),
             sha256: compiled.sha256.clone(),
             hooks: Hooks::empty(),
+            declared_stateless: false,
+            instances: Instances::Fresh,
             pre: compiled.pre.clone(),
             compiled,
             settings,
@@ -201,7 +212,13 @@ impl LoadedPlugin {
                 fault,
             })?;
         plugin.hooks = hooks;
-        if plugin.settings.instances == Instances::Pooled {
+        plugin.declared_stateless = inst.declared_stateless();
+        plugin.instances = match plugin.settings.instances {
+            Some(configured) => configured,
+            None if plugin.declared_stateless => Instances::Pooled,
+            None => Instances::Fresh,
+        };
+        if plugin.instances == Instances::Pooled {
             // The load check's instance is ready for real calls; it has served none yet.
             plugin
                 .idle
@@ -210,6 +227,16 @@ impl LoadedPlugin {
                 .push(inst);
         }
         Ok(plugin)
+    }
+
+    /// Where [`LoadedPlugin::instances`] came from: `config` (the operator's `instances`),
+    /// `declared` (pooled because the plugin declared itself stateless) or `default` (fresh).
+    pub fn instances_from(&self) -> &'static str {
+        match (self.settings.instances, self.declared_stateless) {
+            (Some(_), _) => "config",
+            (None, true) => "declared",
+            (None, false) => "default",
+        }
     }
 
     async fn instantiate(
@@ -235,7 +262,7 @@ impl LoadedPlugin {
         request_id: &Arc<str>,
         holds: &Arc<CallHolds>,
     ) -> Result<Instance, PluginFault> {
-        if self.settings.instances == Instances::Pooled {
+        if self.instances == Instances::Pooled {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(mut inst) = idle {
                 inst.rebind(request_id, holds);
@@ -245,10 +272,10 @@ impl LoadedPlugin {
         Ok(self.instantiate(request_id, holds).await?.0)
     }
 
-    /// Give an instance back after its call: pooled ones are kept unless they trapped, served
-    /// `max_calls` calls or grew past half their memory cap.
+    /// Give an instance back after its call: pooled ones are kept unless they trapped, were left
+    /// mid-hook by a cancelled call, served `max_calls` calls or grew past half their memory cap.
     pub fn checkin(&self, mut inst: Instance) {
-        if self.settings.instances != Instances::Pooled || inst.broken {
+        if self.instances != Instances::Pooled || !inst.reusable() {
             return;
         }
         inst.end_call();

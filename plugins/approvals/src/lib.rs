@@ -264,6 +264,8 @@ impl Plugin for Approvals {
                 .collect::<Result<Vec<_>, _>>()?;
             rules.push(Rule { raw: r, when });
         }
+        // The value holds only the parsed rules: instances may be reused across calls.
+        host::declare_stateless();
         Ok(Approvals { rules })
     }
 
@@ -286,7 +288,7 @@ export_plugin!(Approvals);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_plugin_sdk::testing::{CallBuilder, Harness};
+    use palisade_plugin_sdk::testing::{CallBuilder, Harness, with_host};
     use serde_json::json;
 
     fn harness() -> Harness<Approvals> {
@@ -396,5 +398,11 @@ mod tests {
         ] {
             assert!(Harness::<Approvals>::new(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn init_declares_the_plugin_stateless() {
+        Harness::<Approvals>::new(serde_json::json!({})).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
     }
 }

@@ -123,10 +123,13 @@ enum Kind {
     Tokens,
 }
 
-/// The plugin: its rules, and the reservation of the running call.
+/// The plugin: its rules, and the reservation of the running call. The plugin declares itself
+/// stateless, so one value may serve several calls one after the other: `on-request` starts
+/// each call with no reservation, and `on-complete` settles only a reservation of its own call.
 pub struct Budget {
     rules: Rules,
-    reservation: Option<u64>,
+    /// The running call's request id and reservation.
+    reservation: Option<(String, u64)>,
     /// The cost assumed for a call without a price, if the policy says so.
     assumed: Option<u64>,
 }
@@ -270,6 +273,9 @@ impl Plugin for Budget {
         for (name, l) in rules.agents.iter().chain(rules.teams.iter()) {
             l.validate(name)?;
         }
+        // Per-call state is reset in `on-request` and keyed by request id, so instances may be
+        // reused; the spend itself lives in the host's ledger.
+        host::declare_stateless();
         Ok(Budget {
             rules,
             reservation: None,
@@ -278,6 +284,9 @@ impl Plugin for Budget {
     }
 
     fn on_request(&mut self, call: &Call) -> Outcome {
+        // A new call on a reused value: nothing of the previous one carries over.
+        self.reservation = None;
+        self.assumed = None;
         if call.kind == CallKind::ToolList {
             return Outcome::allow();
         }
@@ -348,7 +357,7 @@ impl Plugin for Budget {
         }
         let out = match host::reserve(&amounts) {
             Ok(id) => {
-                self.reservation = Some(id);
+                self.reservation = Some((call.request_id.clone(), id));
                 Outcome::allow().note("budget.reserved_micro_usd", cost.to_string())
             }
             Err(ReserveError::Exceeded(e)) => Outcome::deny(
@@ -383,7 +392,12 @@ impl Plugin for Budget {
     }
 
     fn on_complete(&mut self, call: &Call, usage: &Usage, _status: &Completion) {
-        let Some(id) = self.reservation.take() else {
+        // Only this call's reservation: on a reused value, one left by a call whose
+        // `on-complete` never ran is not this call's to settle (the host released it).
+        let Some((_, id)) = self
+            .reservation
+            .take_if(|(request_id, _)| *request_id == call.request_id)
+        else {
             return;
         };
         let tokens = u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
@@ -554,6 +568,54 @@ mod tests {
             Harness::<Budget>::new(json!({"defaults": limits, "on_unknown_cost": {"assume": 600}}))
                 .unwrap();
         assert!(!again.on_request(&call("b", 0)).is_allow());
+    }
+
+    /// One value serving call after call, as a reused instance does (the plugin declares itself
+    /// stateless): a call whose `on-complete` never ran leaves nothing the next call settles.
+    #[test]
+    fn a_reused_value_settles_only_its_own_calls_reservation() {
+        reset();
+        let cfg = json!({"defaults": {"agent": {"micro_usd": {"day": 1000}}},
+                         "on_unknown_cost": {"assume": 600}});
+        let mut h = Harness::<Budget>::new(cfg).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
+        let unpriced = |request: &str| {
+            CallBuilder::llm("gpt-4o-mini")
+                .agent("a")
+                .request(request)
+                .build()
+        };
+        // Call 1 reserves the assumed 600 and ends without `on-complete`.
+        assert!(h.on_request(&unpriced("req-1")).is_allow());
+        // Call 2 is a tool listing: no reservation of its own, so nothing to settle.
+        let list = Call {
+            kind: CallKind::ToolList,
+            ..unpriced("req-2")
+        };
+        assert!(h.on_request(&list).is_allow());
+        h.on_complete(&list, &usage(0), &done());
+        let agent_a = ("agent:a".to_string(), Unit::MicroUsd as u8);
+        assert_eq!(with_host(|h| h.spent.get(&agent_a).copied()), None);
+        assert_eq!(
+            with_host(|h| h.reservations.len()),
+            1,
+            "call 1's stays open"
+        );
+        // Call 3 settles its own reservation, at its real cost, and only when its own call ends.
+        let priced = CallBuilder::llm("gpt-4o-mini")
+            .agent("a")
+            .request("req-3")
+            .max_cost(100)
+            .build();
+        assert!(h.on_request(&priced).is_allow());
+        let other = Call {
+            request_id: "req-4".into(),
+            ..priced.clone()
+        };
+        h.on_complete(&other, &usage(0), &done());
+        assert_eq!(with_host(|h| h.spent.get(&agent_a).copied()), None);
+        h.on_complete(&priced, &usage(0), &done());
+        assert_eq!(with_host(|h| h.spent.get(&agent_a).copied()), Some(0));
     }
 
     #[test]

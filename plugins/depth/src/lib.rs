@@ -99,6 +99,9 @@ impl Plugin for Depth {
                 return Err("depth config: max_depth and max_repeats must be at least 1".into());
             }
         }
+        // The value holds only the parsed config (a run's calls are counted in the ledger):
+        // instances may be reused across calls.
+        host::declare_stateless();
         Ok(Depth { rules })
     }
 
@@ -176,7 +179,7 @@ export_plugin!(Depth);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_plugin_sdk::testing::{CallBuilder, Harness};
+    use palisade_plugin_sdk::testing::{CallBuilder, Harness, with_host};
     use serde_json::json;
 
     fn call(chain: &[&str], run: &str) -> Call {
@@ -237,5 +240,11 @@ mod tests {
     fn bad_config_is_rejected() {
         assert!(Harness::<Depth>::new(json!({"max_dept": 3})).is_err());
         assert!(Harness::<Depth>::new(json!({"max_depth": 0})).is_err());
+    }
+
+    #[test]
+    fn init_declares_the_plugin_stateless() {
+        Harness::<Depth>::new(serde_json::json!({})).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
     }
 }

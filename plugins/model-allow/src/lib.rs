@@ -49,6 +49,8 @@ impl Plugin for ModelAllow {
     fn init(config: Config) -> Result<Self, String> {
         let rules: Rules =
             serde_json::from_value(config).map_err(|e| format!("model-allow config: {e}"))?;
+        // The value holds only the parsed config: instances may be reused across calls.
+        host::declare_stateless();
         Ok(ModelAllow { rules })
     }
 
@@ -82,7 +84,7 @@ export_plugin!(ModelAllow);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_plugin_sdk::testing::{CallBuilder, Harness};
+    use palisade_plugin_sdk::testing::{CallBuilder, Harness, with_host};
     use serde_json::json;
 
     fn harness() -> Harness<ModelAllow> {
@@ -140,5 +142,11 @@ mod tests {
         assert!(glob("a*b*c", "axxbyyc"));
         assert!(!glob("a*b*c", "axxbyy"));
         assert!(!glob("gpt-4o", "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn init_declares_the_plugin_stateless() {
+        Harness::<ModelAllow>::new(serde_json::json!({})).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
     }
 }

@@ -96,7 +96,9 @@ fn deny_status() -> u16 {
     400
 }
 
-/// The plugin: its config and what this call has seen so far.
+/// The plugin: its config and what this call has seen so far. The plugin declares itself
+/// stateless, so one value may serve several calls one after the other: every hook first calls
+/// [`Pii::begin`], which forgets the previous call's values when a new call starts.
 pub struct Pii {
     actions: [Action; 7],
     detectors: Detectors,
@@ -112,12 +114,26 @@ pub struct Pii {
     carry: String,
     /// Detections per kind in this call, for annotations and the log.
     seen: [u32; 7],
+    /// The request id of the call `vault`, `numbers`, `carry` and `seen` belong to.
+    call: String,
 }
 
 /// The first kind whose action is `deny`, found in some text.
 struct Denied(Kind);
 
 impl Pii {
+    /// Start (or go on with) `call`: a value reused for another call drops the previous call's
+    /// real values, numbering, held-back stream text and counts, so nothing leaks between calls.
+    fn begin(&mut self, call: &Call) {
+        if self.call != call.request_id {
+            self.call.clone_from(&call.request_id);
+            self.vault.clear();
+            self.numbers = [0; 7];
+            self.carry.clear();
+            self.seen = [0; 7];
+        }
+    }
+
     fn action(&self, k: Kind) -> Action {
         self.actions[k as usize]
     }
@@ -402,6 +418,8 @@ impl Plugin for Pii {
                 raw.deny_status
             ));
         }
+        // Per-call state is keyed by request id (see `begin`), so instances may be reused.
+        host::declare_stateless();
         Ok(Pii {
             actions,
             detectors,
@@ -413,10 +431,12 @@ impl Plugin for Pii {
             numbers: [0; 7],
             carry: String::new(),
             seen: [0; 7],
+            call: String::new(),
         })
     }
 
     fn on_request(&mut self, call: &Call) -> Outcome {
+        self.begin(call);
         self.seen = [0; 7];
         if !self.request {
             return Outcome::allow();
@@ -433,6 +453,7 @@ impl Plugin for Pii {
     }
 
     fn on_response(&mut self, call: &Call, body: &str) -> Outcome {
+        self.begin(call);
         self.seen = [0; 7];
         if !self.works_on_answers() {
             return Outcome::allow();
@@ -455,7 +476,8 @@ impl Plugin for Pii {
         }
     }
 
-    fn on_text(&mut self, _call: &Call, delta: &str, last: bool) -> String {
+    fn on_text(&mut self, call: &Call, delta: &str, last: bool) -> String {
+        self.begin(call);
         if !self.works_on_answers() {
             return delta.to_string();
         }

@@ -213,6 +213,9 @@ impl Plugin for Router {
                 ));
             }
         }
+        // The value holds only the parsed config (the weighted draw hashes the request id):
+        // instances may be reused across calls.
+        host::declare_stateless();
         Ok(Router {
             rules,
             none: TargetFacts::default(),
@@ -273,7 +276,7 @@ export_plugin!(Router);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_plugin_sdk::testing::{CallBuilder, Harness};
+    use palisade_plugin_sdk::testing::{CallBuilder, Harness, with_host};
     use serde_json::json;
 
     fn harness() -> Harness<Router> {
@@ -381,5 +384,11 @@ mod tests {
             h.on_request(&CallBuilder::llm("gpt-4o").build()).verdict,
             Verdict::Allow
         ));
+    }
+
+    #[test]
+    fn init_declares_the_plugin_stateless() {
+        Harness::<Router>::new(serde_json::json!({})).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
     }
 }

@@ -359,9 +359,10 @@ impl Plugin for ToolAcl {
     const HOOKS: Hooks = Hooks::ON_REQUEST.union(Hooks::FILTER_TOOLS);
 
     fn init(config: Config) -> Result<Self, String> {
-        Ok(ToolAcl {
-            acl: Acl::from_config(config)?,
-        })
+        let acl = Acl::from_config(config)?;
+        // The value holds only the parsed rules: instances may be reused across calls.
+        host::declare_stateless();
+        Ok(ToolAcl { acl })
     }
 
     fn on_request(&mut self, call: &Call) -> Outcome {
@@ -412,7 +413,7 @@ export_plugin!(ToolAcl);
 mod tests {
     use super::*;
     use palisade_plugin_sdk::Verdict;
-    use palisade_plugin_sdk::testing::{CallBuilder, Harness};
+    use palisade_plugin_sdk::testing::{CallBuilder, Harness, with_host};
     use serde_json::json;
 
     fn config() -> Value {
@@ -607,5 +608,11 @@ mod tests {
         assert_eq!(parse_path("a.1").unwrap()[1], Step::Index(1));
         assert!(parse_path("$").unwrap().is_empty());
         assert!(parse_path("a[x]").is_err());
+    }
+
+    #[test]
+    fn init_declares_the_plugin_stateless() {
+        Harness::<ToolAcl>::new(serde_json::json!({})).unwrap();
+        assert!(with_host(|h| h.declared_stateless));
     }
 }

@@ -270,12 +270,12 @@ pub enum OnError {
     Allow,
 }
 
-/// How a plugin's instances live.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+/// How a plugin's instances live. Unset in `palisade.toml`, the plugin decides: pooled if it
+/// declared itself stateless (`host.declare-stateless` in `init`), fresh otherwise.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Instances {
-    /// A fresh instance per call (default): nothing leaks between calls.
-    #[default]
+    /// A fresh instance per call: nothing leaks between calls.
     Fresh,
     /// Reused one call at a time; recycled after a trap, `max_calls`, or past its memory cap.
     Pooled,
@@ -365,7 +365,8 @@ pub struct PluginSettings {
     pub name: String,
     pub path: PathBuf,
     pub on_error: OnError,
-    pub instances: Instances,
+    /// The operator's `instances`; `None` follows the plugin's declaration (see [`Instances`]).
+    pub instances: Option<Instances>,
     pub max_calls: u32,
     pub deadline: Duration,
     pub memory_bytes: usize,
@@ -568,7 +569,7 @@ impl Settings {
             plugins.push(PluginSettings {
                 path: resolve(&p.path),
                 on_error: p.on_error.unwrap_or_default(),
-                instances: p.instances.unwrap_or_default(),
+                instances: p.instances,
                 max_calls: p.max_calls.unwrap_or(1000).max(1),
                 deadline: p
                     .deadline_ms
