@@ -257,6 +257,31 @@ fn op() -> impl Strategy<Value = Op> {
 
 const LIMIT: u64 = 20_000;
 
+/// The two counters every model reservation holds: micro-USD on `s` and tokens on `t` (twice
+/// the amount, a different limit), so their leases differ.
+fn model_amounts(amount: u64) -> [Amount; 2] {
+    [
+        usd("s", amount, LIMIT),
+        Amount {
+            scope: "t".into(),
+            unit: Unit::Tokens,
+            window: Window::Total,
+            amount: amount * 2,
+            limit: LIMIT * 3,
+        },
+    ]
+}
+
+/// Per counter of the model: what was charged, overran, may slip through a stall, and what
+/// replica 1 settled since it last synced.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    charged: u64,
+    overrun: u64,
+    slack: u64,
+    uncommitted1: u64,
+}
+
 async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (first, url) = store(db, "lease-model").await;
     let second = Store::connect(&url).await.expect("second store");
@@ -265,40 +290,44 @@ async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
         Arc::new(Leased::new(first.clone(), ttl)),
         Arc::new(Leased::new(second, ttl)),
     ];
-    // The model: calls open (replica, id, amount, made before replica 1 stalled), what was
-    // charged, what overran, and what a stall may let through (replica 1's holds and its
-    // uncommitted spend, lost with its leases).
+    let limits = [LIMIT, LIMIT * 3];
+    // Calls open: (replica, id, amount, made before replica 1 stalled).
     let mut open: Vec<(usize, u64, u64, bool)> = Vec::new();
-    let mut charged = 0u64;
-    let mut overrun = 0u64;
-    let mut slack = 0u64;
-    let mut uncommitted1 = 0u64;
+    let mut tally = [Tally::default(); 2];
     let fail = |e: String| TestCaseError::fail(e);
     for op in ops {
         match op {
-            Op::Reserve(r, amount) => match replicas[r].reserve(&[usd("s", amount, LIMIT)]).await {
+            Op::Reserve(r, amount) => match replicas[r].reserve(&model_amounts(amount)).await {
                 Ok(id) => {
                     open.push((r, id, amount, false));
                     let held: u64 = open.iter().map(|o| o.2).sum();
                     // Admitted only under the limit, overruns and stalls aside.
-                    prop_assert!(
-                        charged + held <= LIMIT + overrun + slack,
-                        "charged {charged} + held {held} > {LIMIT} + overrun {overrun} + \
-                         slack {slack}"
-                    );
+                    for (c, t) in tally.iter().enumerate() {
+                        let held = held * (c as u64 + 1);
+                        prop_assert!(
+                            t.charged + held <= limits[c] + t.overrun + t.slack,
+                            "counter {c}: charged {} + held {held} > {} + overrun {} + slack {}",
+                            t.charged,
+                            limits[c],
+                            t.overrun,
+                            t.slack
+                        );
+                    }
                 }
                 Err(ReserveError::Exceeded(_)) => {}
                 Err(e) => prop_assert!(false, "{e:?}"),
             },
             Op::Settle(i, pct) if !open.is_empty() => {
                 let (r, id, amount, stalled) = open.remove(i % open.len());
-                let cost = amount * pct / 100;
-                match replicas[r].settle(id, cost, 0).await {
+                let costs = [amount * pct / 100, amount * 2 * pct / 100];
+                match replicas[r].settle(id, costs[0], costs[1]).await {
                     Ok(()) => {
-                        charged += cost;
-                        overrun += cost.saturating_sub(amount);
-                        if r == 1 {
-                            uncommitted1 += cost;
+                        for (c, t) in tally.iter_mut().enumerate() {
+                            t.charged += costs[c];
+                            t.overrun += costs[c].saturating_sub(amount * (c as u64 + 1));
+                            if r == 1 {
+                                t.uncommitted1 += costs[c];
+                            }
                         }
                     }
                     // A direct reservation that expired while its replica stalled.
@@ -313,7 +342,9 @@ async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Sync(r) => {
                 replicas[r].sync().await.map_err(fail)?;
                 if r == 1 {
-                    uncommitted1 = 0;
+                    for t in &mut tally {
+                        t.uncommitted1 = 0;
+                    }
                 }
             }
             Op::Stall => {
@@ -328,16 +359,23 @@ async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map_err(|e| fail(e.to_string()))?;
                 for o in open.iter_mut().filter(|o| o.0 == 1) {
                     o.3 = true;
-                    slack += o.2;
+                    for (c, t) in tally.iter_mut().enumerate() {
+                        t.slack += o.2 * (c as u64 + 1);
+                    }
                 }
-                slack += std::mem::take(&mut uncommitted1);
+                for t in &mut tally {
+                    t.slack += std::mem::take(&mut t.uncommitted1);
+                }
             }
             _ => {}
         }
     }
     for (r, id, amount, stalled) in open.drain(..) {
-        match replicas[r].settle(id, amount, 0).await {
-            Ok(()) => charged += amount,
+        match replicas[r].settle(id, amount, amount * 2).await {
+            Ok(()) => {
+                tally[0].charged += amount;
+                tally[1].charged += amount * 2;
+            }
             Err(_) if stalled => {}
             Err(e) => prop_assert!(false, "settle: {e}"),
         }
@@ -346,9 +384,16 @@ async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
         r.close().await.map_err(fail)?;
     }
     // Exact: the store holds what was charged, and nothing is left held.
-    let (spent, reserved) = counter(&first, "s").await;
-    prop_assert_eq!(spent, charged);
-    prop_assert_eq!(reserved, 0);
+    prop_assert_eq!(counter(&first, "s").await, (tally[0].charged, 0));
+    let t = first
+        .spend(palisade_store::Window::Total, "t")
+        .await
+        .expect("spend");
+    let t = t
+        .iter()
+        .find(|s| s.unit == palisade_store::Unit::Tokens)
+        .map_or((0, 0), |s| (s.spent, s.reserved));
+    prop_assert_eq!(t, (tally[1].charged, 0));
     first.close().await;
     Ok(())
 }

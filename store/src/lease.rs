@@ -90,9 +90,11 @@ pub enum LeaseOutcome {
     Scarce { spent: u64, reserved: u64 },
 }
 
-/// One change's result, in the order of [`LeaseSync::changes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One change's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseResult {
+    /// The counter it is about (a sync runs its changes in key order, not the caller's).
+    pub key: CounterKey,
     /// The lease now (None when it holds nothing).
     pub lease: Option<i64>,
     /// What it holds.
@@ -113,7 +115,7 @@ pub(crate) fn unsigned(v: i64) -> u64 {
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseReport {
-    /// Per change, in the order of [`LeaseSync::changes`] (sorted by key).
+    /// Per change, in key order.
     pub results: Vec<LeaseResult>,
     /// The replica's leases renewed or made by the sync (ids of leases a change deleted may
     /// be among them): a lease the replica holds on a counter the sync did not change that is
@@ -303,6 +305,7 @@ macro_rules! sync_in_tx {
                 }
             };
             results.push($crate::lease::LeaseResult {
+                key: k.clone(),
                 lease,
                 held,
                 lost,

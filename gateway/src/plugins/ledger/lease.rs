@@ -353,7 +353,11 @@ impl Leased {
             }
         }
         self.last_heartbeat.fetch_max(now, Ordering::Relaxed);
-        for ((k, spent, limit), r) in pending.iter().zip(&report.results) {
+        for r in &report.results {
+            // Matched by key: the store runs the changes in its own (key) order.
+            let Some((k, spent, limit)) = pending.iter().find(|(k, _, _)| *k == r.key) else {
+                continue;
+            };
             let c = st.counters.entry(k.clone()).or_default();
             c.pending = c.pending.saturating_sub(*spent);
             c.frozen = false;
