@@ -92,6 +92,14 @@ pub struct Leased {
     syncs: AtomicU64,
 }
 
+/// What a settlement charges a counter of `unit`.
+fn spend_in(unit: palisade_store::Unit, micro_usd: u64, tokens: u64) -> u64 {
+    match unit {
+        palisade_store::Unit::MicroUsd => micro_usd,
+        palisade_store::Unit::Tokens => tokens,
+    }
+}
+
 /// Per call, the amounts by counter (amounts on the same counter summed, the lowest limit).
 type Wanted = BTreeMap<CounterKey, (u64, u64)>;
 
@@ -388,10 +396,7 @@ impl Leased {
                 let mut st = self.lock();
                 let mut over = false;
                 for (k, amount) in holds {
-                    let spend = match k.unit {
-                        palisade_store::Unit::MicroUsd => micro_usd,
-                        palisade_store::Unit::Tokens => tokens,
-                    };
+                    let spend = spend_in(k.unit, micro_usd, tokens);
                     over |= spend > amount;
                     let c = st.counters.entry(k).or_default();
                     c.reserved = c.reserved.saturating_sub(amount);
@@ -414,10 +419,7 @@ impl Leased {
                 let mut st = self.lock();
                 let mut over = false;
                 for (k, amount) in holds {
-                    let spend = match k.unit {
-                        palisade_store::Unit::MicroUsd => micro_usd,
-                        palisade_store::Unit::Tokens => tokens,
-                    };
+                    let spend = spend_in(k.unit, micro_usd, tokens);
                     if spend > amount {
                         over = true;
                         if let Some(c) = st.counters.get_mut(&k) {
