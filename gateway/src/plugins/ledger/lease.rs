@@ -90,6 +90,9 @@ pub struct Leased {
     last_heartbeat: AtomicI64,
     overruns: AtomicU64,
     syncs: AtomicU64,
+    /// Releases of direct reservations still running in the background ([`Leased::close`]
+    /// waits for them).
+    releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What a settlement charges a counter of `unit`.
@@ -115,6 +118,7 @@ impl Leased {
             last_heartbeat: AtomicI64::new(0),
             overruns: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            releasing: Mutex::default(),
         }
     }
 
@@ -453,11 +457,14 @@ impl Leased {
                     return;
                 };
                 let store = self.store.clone();
-                rt.spawn(async move {
+                let task = rt.spawn(async move {
                     if let Err(e) = store.release(sid).await {
                         tracing::warn!("ledger release of {sid} failed (it will expire): {e}");
                     }
                 });
+                let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+                releasing.retain(|t| !t.is_finished());
+                releasing.push(task);
             }
         }
     }
@@ -535,7 +542,13 @@ impl Leased {
     }
 
     /// On shutdown, after the last call: commit what is pending and give every lease back.
+    /// Direct reservations released just before are ended first.
     pub async fn close(self: &Arc<Self>) -> Result<(), String> {
+        let releasing =
+            std::mem::take(&mut *self.releasing.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in releasing {
+            let _ = task.await;
+        }
         self.sync_now(true).await
     }
 
