@@ -398,26 +398,26 @@ async fn run_model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Run the model on a runtime of its own (proptest cases are synchronous).
+fn model(db: Db, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run_model(db, ops))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn the_ledger_matches_its_model_sqlite(ops in proptest::collection::vec(op(), 1..80)) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run_model(Db::Sqlite, ops))?;
+        model(Db::Sqlite, ops)?;
     }
 
     #[test]
     fn the_ledger_matches_its_model_postgres(ops in proptest::collection::vec(op(), 1..80)) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run_model(Db::Postgres, ops))?;
+        model(Db::Postgres, ops)?;
     }
 }
 

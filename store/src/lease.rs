@@ -185,6 +185,8 @@ macro_rules! sync_in_tx {
             let moved = spend.min(held);
             held -= moved;
             let mut give_back = moved;
+            // A grant moves the spend itself (TAKE); otherwise MOVE below does.
+            let mut granted_now = false;
             let mut outcome = $crate::lease::LeaseOutcome::Done;
             match &change.target {
                 $crate::lease::LeaseTarget::Keep => {}
@@ -235,9 +237,8 @@ macro_rules! sync_in_tx {
                     };
                     match (took, granted) {
                         (true, Some(g)) => {
-                            // The spend moved with the grant.
                             held += g;
-                            give_back = 0;
+                            granted_now = true;
                         }
                         _ => {
                             if held > *in_use {
@@ -250,24 +251,16 @@ macro_rules! sync_in_tx {
                 }
             }
             // Unless a grant already did, move the spend and give headroom back.
-            if spend > 0 || give_back > 0 {
-                if !matches!(
-                    (&change.target, outcome),
-                    (
-                        $crate::lease::LeaseTarget::Grow { .. },
-                        $crate::lease::LeaseOutcome::Done
-                    )
-                ) {
-                    sqlx::query($crate::lease::MOVE)
-                        .bind(&scope)
-                        .bind(unit)
-                        .bind(window)
-                        .bind(k.window_start)
-                        .bind($crate::lease::clamp(give_back))
-                        .bind($crate::lease::clamp(spend))
-                        .execute(&mut *$tx)
-                        .await?;
-                }
+            if !granted_now && (spend > 0 || give_back > 0) {
+                sqlx::query($crate::lease::MOVE)
+                    .bind(&scope)
+                    .bind(unit)
+                    .bind(window)
+                    .bind(k.window_start)
+                    .bind($crate::lease::clamp(give_back))
+                    .bind($crate::lease::clamp(spend))
+                    .execute(&mut *$tx)
+                    .await?;
             }
             let lease = match (change.lease.filter(|_| !lost), held) {
                 (Some(id), 0) => {
