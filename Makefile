@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip2
 DIST := dist/plugins
 OUT := target/$(WASM_TARGET)/plugin
 
-.PHONY: demo test plugins plugins-rust setup test-rust test-e2e bench lint plugins-py plugins-js
+.PHONY: demo test plugins plugins-rust setup test-rust test-e2e bench lint plugins-py plugins-js dist
 
 # Plugins in other languages (examples/plugins/): pinned tools, installed by `make setup`.
 COMPONENTIZE_PY_VERSION := 0.25.1
@@ -62,6 +62,12 @@ $(DIST)/business-hours-js.wasm: $(JS_PLUGIN)/business_hours.js $(JS_PLUGIN)/pack
 ## The demo needs only the Rust plugins (no Python or npm).
 demo: plugins-rust
 	$(CARGO) run --quiet -p palisade -- demo
+
+## The release tarball (target/dist/palisade-VERSION-ARCH-linux.tar.gz): the stripped binary,
+## the shipped plugins with their compiled cache, an example config and a systemd unit.
+dist: plugins-rust
+	$(CARGO) build --release -p palisade
+	bash scripts/dist.sh
 
 test: setup plugins test-rust test-e2e
 

@@ -28,17 +28,20 @@ async fn main() -> anyhow::Result<()> {
             config,
             listen,
             upstream_url,
+            database,
         } => {
             serve(
                 config,
                 listen,
                 Overrides {
                     upstream_url,
+                    database,
                     ..Overrides::default()
                 },
             )
             .await
         }
+        Command::Check { config } => Ok(palisade::cli::check::run(&config).await?),
         Command::Demo {
             config,
             listen,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod check;
 pub mod client;
 pub mod init;
 pub mod plugin;
@@ -49,6 +50,17 @@ pub enum Command {
         /// Override `upstream.base_url`.
         #[arg(long)]
         upstream_url: Option<String>,
+        /// Override `database` (a PostgreSQL URL with its password belongs in the environment,
+        /// e.g. from a Kubernetes Secret, rather than in the config file).
+        #[arg(long, env = "PALISADE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
+    },
+    /// Load a config and compile its plugins into the cache, then exit: 0 when `serve` would
+    /// start with it. The store is not opened.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "palisade.toml", env = "PALISADE_CONFIG")]
+        config: PathBuf,
     },
     /// Start the mock upstream and the gateway on the example config and watch the policy work.
     Demo {

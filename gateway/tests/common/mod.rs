@@ -460,12 +460,21 @@ impl Drop for Proc {
 }
 
 pub fn spawn_gateway(config: &std::path::Path, upstream: &str) -> Proc {
+    let config = config.display().to_string();
+    spawn_palisade(
+        Path::new(env!("CARGO_BIN_EXE_palisade")),
+        &["serve", "--config", &config, "--upstream-url", upstream],
+        &[("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+}
+
+/// Run `bin` with `args` (plus `--listen 127.0.0.1:0`) and `envs`; returns once it listens.
+pub fn spawn_palisade(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
-        .env("PALISADE_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
@@ -487,4 +496,29 @@ pub fn spawn_gateway(config: &std::path::Path, upstream: &str) -> Proc {
         .recv_timeout(Duration::from_secs(60))
         .expect("gateway started");
     Proc { child, addr }
+}
+
+/// One HTTP request with a JSON body (`Null`: none) and a bearer token; status and JSON answer.
+pub async fn http_json(method: &str, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("request");
+    let resp = client.request(req).await.expect("the gateway answers");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
