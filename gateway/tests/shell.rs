@@ -392,3 +392,137 @@ async fn a_stream_its_client_stops_reading_is_cut_audited_and_settled() {
     );
     drop(resp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_is_cut_and_its_connection_closed() {
+    let gw = TestGateway::start_full(
+        common::Db::Sqlite,
+        &[],
+        "",
+        false,
+        "server.write_timeout_ms = 300\nserver.max_body_bytes = 4194304\n",
+    )
+    .await;
+    // About 10 MB of events: more than the loopback socket buffers can hold.
+    let words = vec!["abcdefghij"; 60_000].join(" ");
+    let mut body = chat_body("m", &words);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut s = socket.connect(gw.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {SUPPORT_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        gw.addr,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(body.as_bytes()).await.expect("body");
+    let mut first = [0u8; 1024];
+    let n = s.read(&mut first).await.expect("the answer starts");
+    let text = String::from_utf8_lossy(&first[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let request_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("palisade-request-id: "))
+        .expect("a request id")
+        .trim()
+        .to_string();
+    // Read nothing more: the gateway's writes block, and the write timeout ends the call.
+    settled(&gw).await;
+    let rows = audit(&gw).await;
+    let row = rows
+        .iter()
+        .find(|r| r.request_id == request_id)
+        .unwrap_or_else(|| panic!("no audit row for {request_id}: {rows:?}"));
+    assert_eq!(
+        (row.status, row.error_code.as_deref()),
+        (499, Some("client_closed")),
+        "{row:?}"
+    );
+    assert!(row.truncated && row.output_tokens > 0, "{row:?}");
+    // The gateway closes the connection while the client still reads nothing (its blocked
+    // write fails): the connection gauge, which nothing signals, is checked for up to 5 s.
+    let closing = Instant::now();
+    while gw.gw.metrics.connections_open() > 0 {
+        assert!(
+            closing.elapsed() < Duration::from_secs(5),
+            "the gateway still holds the connection of a client that reads nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // What was buffered, then the end.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the gateway closed the connection");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("data: [DONE]"),
+        "the stream did not pass as complete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    let gw = TestGateway::start_full(
+        common::Db::Sqlite,
+        &[],
+        "",
+        false,
+        "server.idle_timeout_ms = 300\n",
+    )
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let resp = send
+        .send_request(chat_request(gw.addr, &chat_body("m", "once")))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the gateway ends an idle connection")
+        .expect("task")
+        .expect("a graceful end (GOAWAY)");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_listener_only() {
+    let gw = TestGateway::start_full(
+        common::Db::Sqlite,
+        &[],
+        "",
+        false,
+        "server.metrics_listen = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let (status, _, _) = gw.request("GET", "/metrics", None, Bytes::new()).await;
+    assert_eq!(status, 404, "not on the main listener");
+    let (listener, addr) = palisade::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let server = tokio::spawn(palisade::server::serve_metrics(listener, gw.gw.clone()));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let get = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = client.request(get("/metrics")).await.expect("metrics");
+    assert_eq!(resp.status(), 200);
+    let text = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("palisade_requests_total"));
+    let resp = client.request(get("/health")).await.expect("answer");
+    assert_eq!(resp.status(), 404, "only /metrics there");
+    server.abort();
+}
