@@ -111,6 +111,7 @@ impl Gateway {
             "config agents synced"
         );
         let metrics = Metrics::default();
+        metrics.set_auth_failures(registry.failures().clone());
         // The ledger's settled spend commits with the audit batches.
         let journal = services
             .ledger

@@ -60,6 +60,7 @@ fn variant(e: &CallError) -> &'static str {
     match e {
         CallError::BadRequest { .. } => "BadRequest",
         CallError::PayloadTooLarge { .. } => "PayloadTooLarge",
+        CallError::RequestTimeout { .. } => "RequestTimeout",
         CallError::Unauthorized(_) => "Unauthorized",
         CallError::NotFound { .. } => "NotFound",
         CallError::MethodNotAllowed { .. } => "MethodNotAllowed",
@@ -80,7 +81,7 @@ fn variant(e: &CallError) -> &'static str {
     }
 }
 
-const VARIANTS: usize = 19;
+const VARIANTS: usize = 20;
 
 fn denied(plugin: &str, status: u16, code: &str) -> CallError {
     CallError::Denied {
@@ -160,6 +161,12 @@ fn table() -> Vec<(CallError, Row)> {
                 INVALID_REQUEST,
                 false,
             ),
+        ),
+        (
+            CallError::RequestTimeout {
+                after: Duration::from_secs(1),
+            },
+            row(408, "request_timeout", INV, API, INVALID_REQUEST, true),
         ),
         (
             CallError::Unauthorized("unknown key"),

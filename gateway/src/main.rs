@@ -84,22 +84,41 @@ async fn serve(
     } else {
         None
     };
+    let open_files = palisade::server::raise_open_files_limit();
     let addr = listen.unwrap_or(rt.settings.listen);
     let (listener, local) = palisade::server::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    let scheme = if rt.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         policy_version = %rt.chain.version,
         plugins = rt.chain.plugins.len(),
         database = gw.store.backend_name(),
-        "palisade listening on http://{local}"
+        open_files,
+        "palisade listening on {scheme}://{local}"
     );
+    let metrics_server = match rt.settings.server.metrics_listen {
+        Some(maddr) => {
+            let (ml, mlocal) = palisade::server::bind(maddr)
+                .await
+                .with_context(|| format!("cannot listen on {maddr} for /metrics"))?;
+            tracing::info!("/metrics on http://{mlocal}/metrics");
+            Some(tokio::spawn(palisade::server::serve_metrics(
+                ml,
+                gw.clone(),
+            )))
+        }
+        None => None,
+    };
     drop(rt);
     let server = tokio::spawn(palisade::server::serve(listener, gw.clone()));
     let signal = shutdown_signal().await?;
     tracing::info!("{signal}: shutting down gracefully");
     let clean = gw.shutdown().await;
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     tracing::info!(clean, "stopped");
     Ok(())
 }

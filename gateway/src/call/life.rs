@@ -242,6 +242,12 @@ impl CallLife {
         })
     }
 
+    /// End a call that never became one: its agent key was refused before anything ran, so
+    /// nothing was reserved and nothing is audited (the registry counted the refusal).
+    pub fn dismiss(mut self) {
+        self.finished = true;
+    }
+
     /// The last two steps of the call, once: `on-complete`, then the audit event. With sync
     /// durability, an error if the event could not be committed.
     pub async fn finish(mut self, end: Ending) -> Result<(), CallError> {

@@ -115,6 +115,14 @@ async fn llm_call(
             let end = Ending::ok(resp.status().as_u16(), usage);
             (resp, end, None)
         }
+        Err(e @ CallError::Unauthorized(_)) => {
+            // A refused key is counted by the registry, not audited: nothing ran, and a row per
+            // request would let anyone grow the audit log.
+            if let Some(life) = life {
+                life.dismiss();
+            }
+            return ingress.error(&e, &request_id);
+        }
         Err(e) => {
             let resp = ingress.error(&e, &request_id);
             let mut end = Ending::failed(&e, empty_usage());
@@ -163,9 +171,7 @@ async fn chat_inner(
         ..
     } = life;
     // Step 2: identity, before the body is read.
-    let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
-        "missing API key: send `Authorization: Bearer <agent key>`",
-    ))?;
+    let key = request::agent_key(&parts.headers).ok_or_else(|| gw.registry.missing_key())?;
     let (agent, _) = gw.registry.authenticate(key).await?;
     // No call runs unaudited: refuse while the audit log cannot be written.
     gw.audit.admit()?;
@@ -180,7 +186,13 @@ async fn chat_inner(
     draft.event.chain = run.agents.clone();
 
     // Step 3: the body.
-    let bytes = request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await?;
+    let bytes = request::read_body(
+        &parts.headers,
+        body,
+        rt.settings.max_body_bytes,
+        rt.settings.server.body_timeout,
+    )
+    .await?;
     let bytes = ingress.canonical(bytes)?;
     let chat = request::parse_chat(&bytes)?;
     draft.event.target = chat.model.clone();
@@ -447,9 +459,7 @@ pub fn usage_from_value(v: &serde_json::Value, provider: &str) -> Usage {
 /// aliases alone are.
 pub async fn models(gw: &Gateway, parts: Parts) -> Result<Response<GatewayBody>, CallError> {
     let rt = gw.policy.current();
-    let key = request::agent_key(&parts.headers).ok_or(CallError::Unauthorized(
-        "missing API key: send `Authorization: Bearer <agent key>`",
-    ))?;
+    let key = request::agent_key(&parts.headers).ok_or_else(|| gw.registry.missing_key())?;
     gw.registry.authenticate(key).await?;
     let mut data: Vec<serde_json::Value> = rt
         .settings

@@ -56,8 +56,21 @@ pub fn agent_key(headers: &HeaderMap) -> Option<&str> {
 const DRAIN_CAP: usize = 16 << 20;
 
 /// Read the body, refusing more than `limit` bytes (by header before reading, by count while
-/// reading).
+/// reading) and a body that has not all arrived within `deadline` (408 `request_timeout`: a
+/// client trickling its body would otherwise hold its connection and task for ever).
 pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, CallError> {
+    match tokio::time::timeout(deadline, read_body_bounded(headers, body, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(CallError::RequestTimeout { after: deadline }),
+    }
+}
+
+async fn read_body_bounded(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,

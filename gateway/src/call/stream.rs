@@ -65,14 +65,36 @@ pub fn start(gw: Arc<Gateway>, relay: Relay, upstream: ChunkStream) -> GatewayBo
     body
 }
 
-/// Send events in order; false once the agent went away.
-async fn send_all(tx: &mpsc::Sender<Bytes>, events: Vec<Bytes>) -> bool {
+/// Send events in order; false once the agent went away, or stopped reading: an event that
+/// waits longer than `[server] write_timeout_ms` for room (the connection's buffers are full
+/// and, on HTTP/2, the stream's window is closed) ends the stream as `client_closed`.
+async fn send_all(tx: &Sender, events: Vec<Bytes>) -> bool {
     for e in events {
-        if tx.send(e).await.is_err() {
-            return false;
+        match tokio::time::timeout(tx.timeout, tx.tx.send(e)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                tracing::info!(
+                    "the client read nothing of its stream for {} ms; cutting it",
+                    tx.timeout.as_millis()
+                );
+                return false;
+            }
         }
     }
     true
+}
+
+/// The agent's side of the relay, and how long a send may wait for it.
+struct Sender {
+    tx: mpsc::Sender<Bytes>,
+    timeout: std::time::Duration,
+}
+
+impl Sender {
+    async fn send(&self, e: Bytes) {
+        let _ = tokio::time::timeout(self.timeout, self.tx.send(e)).await;
+    }
 }
 
 enum End {
@@ -85,13 +107,17 @@ enum End {
 }
 
 async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc::Sender<Bytes>) {
+    let tx = Sender {
+        tx,
+        timeout: gw.policy.current().settings.server.write_timeout,
+    };
     let provider = r.life.draft.event.provider.clone().unwrap_or_default();
     let request_id = r.life.request_id.clone();
     let mut usage = super::empty_usage();
     let mut saw_usage = false;
     let (Some(call), Some(session)) = (r.life.call.as_ref(), r.life.session.as_mut()) else {
         let e = CallError::Internal("a stream without its call".into());
-        let _ = tx.send(r.out.egress.error(&e, &request_id)).await;
+        tx.send(r.out.egress.error(&e, &request_id)).await;
         let _ = r.life.finish(Ending::failed(&e, usage)).await;
         return;
     };
@@ -183,7 +209,7 @@ async fn run(gw: Arc<Gateway>, mut r: Relay, mut upstream: ChunkStream, tx: mpsc
         End::Done => (200, None, false),
         End::ClientGone => (499, Some(CallError::ClientClosed), true),
         End::Failed(e) => {
-            let _ = tx.send(r.out.egress.error(e, &request_id)).await;
+            tx.send(r.out.egress.error(e, &request_id)).await;
             (e.status(), None, true)
         }
     };
@@ -258,7 +284,7 @@ async fn flush(
     out: &mut Out,
     session: &mut CallSession,
     text_call: &Call,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &Sender,
     like: Option<&Value>,
 ) -> Result<(), End> {
     let rest = session

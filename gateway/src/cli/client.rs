@@ -1,9 +1,9 @@
-//! A small client of the admin API for the CLI: JSON in, JSON out, and streamed downloads.
+//! A small client of the admin API for the CLI: JSON in, JSON out, and streamed downloads,
+//! over `http://` or `https://` (rustls; `--ca-file` or `PALISADE_CA_FILE` adds a private CA).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -13,7 +13,7 @@ use super::{ApiArgs, CliError};
 pub struct ApiClient {
     base: String,
     token: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<crate::net::Connector, Full<Bytes>>,
 }
 
 impl ApiClient {
@@ -23,10 +23,15 @@ impl ApiClient {
             .clone()
             .filter(|t| !t.is_empty())
             .ok_or(CliError::NoToken)?;
+        let connector = crate::net::connector_with_ca(
+            std::time::Duration::from_secs(10),
+            args.ca_file.as_deref().filter(|f| !f.is_empty()),
+        )
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
         Ok(ApiClient {
             base: args.url.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 

@@ -35,6 +35,10 @@ pub struct ApiArgs {
     /// A user token (admin, approver or auditor).
     #[arg(long, env = "PALISADE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` gateway (beside the Mozilla
+    /// roots built in), e.g. the private CA that issued the gateway's certificate.
+    #[arg(long, env = "PALISADE_CA_FILE", global = true)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

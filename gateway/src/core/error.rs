@@ -186,6 +186,9 @@ pub enum CallError {
     BadRequest { code: &'static str, message: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request body did not all arrive within `[server] body_timeout_ms`.
+    #[error("the request body did not arrive within {} ms", .after.as_millis())]
+    RequestTimeout { after: Duration },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{message}")]
@@ -261,6 +264,15 @@ impl CallError {
                 INVALID,
                 rpc::INVALID_REQUEST,
             ),
+            // A slow network may do better on a retry.
+            CallError::RequestTimeout { .. } => row(
+                408,
+                "request_timeout",
+                Downstream,
+                INVALID,
+                rpc::INVALID_REQUEST,
+            )
+            .retryable(true),
             CallError::Unauthorized(_) => row(
                 401,
                 "invalid_api_key",

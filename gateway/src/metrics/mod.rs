@@ -20,6 +20,9 @@
 //! target a route names, else its provider, else an MCP server, else `other` (see
 //! [`Metrics::set_known`]). A model string an agent made up adds no series.
 //! | `palisade_audit_quarantined_total` | (none) |
+//! | `palisade_auth_failures_total` | `reason` (`missing_key`, `unknown_key`, `suspended`) |
+//! | `palisade_key_lookups_total` (store lookups of agent keys: cache misses) | (none) |
+//! | `palisade_connections_open` (gauge) | (none) |
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
@@ -107,6 +110,19 @@ pub struct Metrics {
     cost: Family<u64>,
     /// Shared with the audit writer, which counts into it (it has no handle on `Metrics`).
     audit_quarantined: Arc<AtomicU64>,
+    /// The registry's count of refused keys, read at scrape time.
+    auth: std::sync::OnceLock<Arc<crate::registry::failures::AuthFailures>>,
+    /// Client connections open now.
+    connections: Arc<AtomicU64>,
+}
+
+/// Counts one open connection while it lives.
+pub struct OpenConnection(Arc<AtomicU64>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -134,6 +150,22 @@ impl Metrics {
     /// each event the database refused and the dead-letter table took.
     pub fn audit_quarantined(&self) -> Arc<AtomicU64> {
         self.audit_quarantined.clone()
+    }
+
+    /// Read failed authentications from the registry's counter at each scrape.
+    pub fn set_auth_failures(&self, f: Arc<crate::registry::failures::AuthFailures>) {
+        let _ = self.auth.set(f);
+    }
+
+    /// A client connection opened; it counts in `palisade_connections_open` until dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.connections.clone())
+    }
+
+    /// Client connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn observe_call(&self, o: &CallObservation<'_>) {
@@ -280,6 +312,36 @@ impl Metrics {
             "palisade_audit_quarantined_total {}",
             self.audit_quarantined.load(Ordering::Relaxed)
         );
+        if let Some(auth) = self.auth.get() {
+            header(
+                &mut out,
+                "palisade_auth_failures_total",
+                "Requests refused for their agent key (counted, not audited).",
+                "counter",
+            );
+            for r in crate::registry::failures::Reason::ALL {
+                let _ = writeln!(
+                    out,
+                    "palisade_auth_failures_total{{reason=\"{}\"}} {}",
+                    r.label(),
+                    auth.count(r)
+                );
+            }
+            header(
+                &mut out,
+                "palisade_key_lookups_total",
+                "Agent keys looked up in the store (key cache misses).",
+                "counter",
+            );
+            let _ = writeln!(out, "palisade_key_lookups_total {}", auth.lookups());
+        }
+        header(
+            &mut out,
+            "palisade_connections_open",
+            "Client connections open now.",
+            "gauge",
+        );
+        let _ = writeln!(out, "palisade_connections_open {}", self.connections_open());
         out
     }
 }

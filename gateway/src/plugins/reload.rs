@@ -4,7 +4,14 @@
 //! reuse the compiled component), instantiates each plugin and runs its `init` with its config,
 //! all off the request path. Only if everything loads is the new [`Runtime`] swapped in, in one
 //! atomic store; calls in flight keep the `Arc<Runtime>` they started with. A bad file leaves the
-//! old runtime serving, is logged, and shows in `/admin/status`.
+//! old runtime serving, is logged, and shows in `/admin/status`. The ingress TLS certificate
+//! and key (`[server] tls_cert`, `tls_key`) are part of the policy the same way: a renewed
+//! certificate is loaded by the next reload, and one that cannot be used keeps the old one.
+//!
+//! The watcher follows files through symlink swaps (Kubernetes ConfigMap and Secret volumes:
+//! `palisade.toml -> ..data/palisade.toml`, and `..data` swapped atomically to a new folder):
+//! an event on a watched file's name, or on a link its path goes through, triggers a reload,
+//! which compares contents before doing anything.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -26,7 +33,9 @@ use crate::core::settings::{ConfigError, Settings};
 pub struct Runtime {
     pub settings: Arc<Settings>,
     pub chain: Arc<Chain>,
-    /// Hash of the config text and plugin bytes; equal means nothing to reload.
+    /// The ingress listener's TLS config, when `[server] tls_cert` and `tls_key` are set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Hash of the config text, plugin bytes and TLS files; equal means nothing to reload.
     fingerprint: String,
 }
 
@@ -38,6 +47,8 @@ pub enum ReloadError {
     Load(#[from] LoadError),
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Tls(#[from] crate::net::TlsError),
 }
 
 /// Called with each new runtime just before it is swapped in. The gateway builds there what it
@@ -230,6 +241,7 @@ impl Policy {
         for p in &settings.plugins {
             digests.push(loaded::read_plugin(&p.name, &p.path)?.1);
         }
+        digests.extend(tls_digests(&settings)?);
         if fingerprint(&text, &digests) == current.fingerprint {
             return Ok(false);
         }
@@ -257,26 +269,31 @@ impl Policy {
         Ok(true)
     }
 
-    /// Files whose change should trigger a reload: the config and every plugin, as (folder,
-    /// file name) with the folder canonical, the way notify reports paths under a watched folder.
+    /// Names whose change should trigger a reload: the config, every plugin and the TLS files,
+    /// and the symlinks their paths go through in the same folders, as (folder, name) with the
+    /// folder canonical, the way notify reports paths under a watched folder.
     fn watched_files(&self) -> HashSet<(PathBuf, OsString)> {
-        std::iter::once(self.config_path.clone())
-            .chain(
-                self.current()
-                    .settings
-                    .plugins
-                    .iter()
-                    .map(|p| p.path.clone()),
-            )
-            .filter_map(|p| {
-                let name = p.file_name()?.to_os_string();
-                let dir = p
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                Some((dir.canonicalize().ok()?, name))
-            })
-            .collect()
+        let rt = self.current();
+        let tls = rt.settings.server.tls.iter();
+        let paths = std::iter::once(self.config_path.clone())
+            .chain(rt.settings.plugins.iter().map(|p| p.path.clone()))
+            .chain(tls.flat_map(|t| [t.cert.clone(), t.key.clone()]));
+        let mut names = HashSet::new();
+        for p in paths {
+            let Some(name) = p.file_name().map(OsString::from) else {
+                continue;
+            };
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let Ok(dir) = dir.canonicalize() else {
+                continue;
+            };
+            links_through(&dir, &name, &mut names);
+            names.insert((dir, name));
+        }
+        names
     }
 
     /// Watch the config's and plugins' folders and reload when one of those files changes
@@ -341,6 +358,56 @@ impl Policy {
     }
 }
 
+/// The SHA-256 of the TLS certificate and key files, for the fingerprint.
+fn tls_digests(settings: &Settings) -> Result<Vec<String>, ReloadError> {
+    let Some(files) = &settings.server.tls else {
+        return Ok(Vec::new());
+    };
+    [&files.cert, &files.key]
+        .into_iter()
+        .map(|p| {
+            std::fs::read(p)
+                .map(|b| loaded::sha256_hex(&b))
+                .map_err(|e| {
+                    ReloadError::Tls(crate::net::TlsError::ServerFile {
+                        path: p.display().to_string(),
+                        message: e.to_string(),
+                    })
+                })
+        })
+        .collect()
+}
+
+/// The symlinks inside `dir` that `dir/name` resolves through (a ConfigMap's
+/// `palisade.toml -> ..data/palisade.toml` goes through `..data`, itself a link to
+/// `..2026_...`): swapping one of them changes the file without an event naming it.
+fn links_through(dir: &Path, name: &std::ffi::OsStr, out: &mut HashSet<(PathBuf, OsString)>) {
+    let mut at = PathBuf::from(name);
+    // A bounded walk: a link loop ends it.
+    for _ in 0..8 {
+        let Some(first) = at.components().next() else {
+            return;
+        };
+        let first = first.as_os_str().to_os_string();
+        let Ok(target) = std::fs::read_link(dir.join(&first)) else {
+            // Not a link: descend to the next component, if any, still within `dir` only at
+            // the top level (folders below are not watched).
+            return;
+        };
+        if !out.insert((dir.to_path_buf(), first.clone())) {
+            return;
+        }
+        if target.is_absolute() {
+            return;
+        }
+        let rest: PathBuf = at.components().skip(1).collect();
+        at = target.join(rest);
+        if at.components().next().map(|c| c.as_os_str()) == Some(first.as_os_str()) {
+            return;
+        }
+    }
+}
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct WatchHandle {
     _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
@@ -356,6 +423,10 @@ async fn build(
 ) -> Result<Runtime, ReloadError> {
     let mut plugins = Vec::new();
     let mut digests = Vec::new();
+    let tls = match &settings.server.tls {
+        Some(files) => Some(crate::net::server_tls(&files.cert, &files.key)?),
+        None => None,
+    };
     for p in &settings.plugins {
         let (bytes, sha256) = loaded::read_plugin(&p.name, &p.path)?;
         digests.push(sha256.clone());
@@ -382,7 +453,9 @@ async fn build(
             LoadedPlugin::new(p.clone(), compiled, services.clone(), slots.clone()).await?;
         plugins.push(Arc::new(plugin));
     }
+    digests.extend(tls_digests(&settings)?);
     Ok(Runtime {
+        tls,
         chain: Arc::new(Chain::new(plugins)),
         fingerprint: fingerprint(text, &digests),
         settings: Arc::new(settings),

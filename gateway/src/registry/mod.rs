@@ -5,10 +5,21 @@
 //! Keys are looked up by their SHA-256 only, with a short-lived cache in front of the store so a
 //! call does not pay a database round trip. Changes made through this gateway clear the cache at
 //! once; changes made through another replica are seen within [`CACHE_TTL`].
+//!
+//! The cache is a bounded LRU ([`CACHE_MAX`] keys; the least recently used goes first, so a
+//! flood of random keys cannot evict the working set all at once). A key the store does not
+//! know is remembered as unknown for [`NEGATIVE_TTL`] (a second LRU), so an agent retrying a
+//! revoked or mistyped key costs no store lookup; lookups of keys never seen before run at most
+//! [`MISS_LOOKUPS`] at a time, so a flood of random keys queues here instead of filling the
+//! database pool. Failed authentications are counted ([`failures::AuthFailures`]) rather
+//! than audited one row each.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+pub mod failures;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
 
 use palisade_store::{ConfigAgent, KeyAuth, NewAgent, Store, StoreError, SyncReport};
 
@@ -17,7 +28,36 @@ use crate::core::settings::AgentSettings;
 
 /// How long a key lookup is trusted before the store is asked again.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
-const CACHE_MAX: usize = 50_000;
+/// Known keys kept in the cache, at most.
+pub const CACHE_MAX: usize = 50_000;
+/// How long a key the store did not know is refused without asking it again. Short: a key
+/// created through another replica works here after at most this long.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Unknown keys remembered, at most.
+pub const NEGATIVE_MAX: usize = 100_000;
+/// Store lookups of uncached keys running at once, at most.
+pub const MISS_LOOKUPS: usize = 8;
+
+type Flights = Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Found>>>>;
+
+/// Takes a finished (or abandoned) lookup off the map of lookups under way.
+struct Landed<'a> {
+    flights: &'a Flights,
+    hash: &'a str,
+    flight: &'a Arc<tokio::sync::OnceCell<Found>>,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(self.hash)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            flights.remove(self.hash);
+        }
+    }
+}
 
 /// A registered agent, as the plugins' `call.agent` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -57,62 +97,154 @@ impl From<&palisade_store::Agent> for Agent {
 
 /// A key's lookup, with the plugins' view of its agent built once (labels, registry budgets),
 /// not on every call.
-type Cached = (Instant, Option<(KeyAuth, std::sync::Arc<Agent>)>);
+type Cached = (Instant, (KeyAuth, Arc<Agent>));
+/// What a lookup finds: the key's agent, or nothing.
+type Found = Option<(KeyAuth, Arc<Agent>)>;
 
 pub struct Registry {
     store: Store,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<LruCache<String, Cached>>,
+    /// Key hashes the store did not know, and when it said so.
+    unknown: Mutex<LruCache<String, Instant>>,
+    misses: tokio::sync::Semaphore,
+    /// Store lookups under way, by key hash, so concurrent requests with one key share one.
+    flights: Flights,
+    failures: Arc<failures::AuthFailures>,
 }
 
 impl Registry {
     pub fn new(store: Store) -> Registry {
         Registry {
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(CACHE_MAX)),
+            unknown: Mutex::new(LruCache::new(NEGATIVE_MAX)),
+            misses: tokio::sync::Semaphore::new(MISS_LOOKUPS),
+            flights: Mutex::new(std::collections::HashMap::new()),
+            failures: Arc::new(failures::AuthFailures::default()),
         }
+    }
+
+    /// Failed authentications, counted (for `/metrics`).
+    pub fn failures(&self) -> &Arc<failures::AuthFailures> {
+        &self.failures
     }
 
     /// Forget cached lookups (after a change to agents or keys).
     pub fn invalidate(&self) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.unknown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
-    /// The active agent holding this key, or why not.
-    pub async fn authenticate(
-        &self,
-        key: &str,
-    ) -> Result<(std::sync::Arc<Agent>, String), CallError> {
-        let hash = palisade_store::hash_secret(key);
-        let cached = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache
-                .get(&hash)
-                .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-                .map(|(_, a)| a.clone())
+    /// Store lookups made for keys since start (cache misses), for tests and `/metrics`.
+    pub fn store_lookups(&self) -> u64 {
+        self.failures.lookups()
+    }
+
+    /// The active agent holding this key, or why not. A refusal is counted in
+    /// [`Registry::failures`].
+    pub async fn authenticate(&self, key: &str) -> Result<(Arc<Agent>, String), CallError> {
+        let found = self.lookup(key).await?;
+        let refused = |reason: failures::Reason, message: &'static str| {
+            self.failures.note(reason);
+            Err(CallError::Unauthorized(message))
         };
-        let auth = match cached {
-            Some(a) => a,
-            None => {
-                let found =
-                    self.store.authenticate(key).await.map_err(|e| {
-                        CallError::Internal(format!("agent registry unavailable: {e}"))
-                    })?;
-                let found = found.map(|a| {
-                    let view = std::sync::Arc::new(Agent::from(&a.agent));
-                    (a, view)
-                });
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(hash, (Instant::now(), found.clone()));
-                found
+        match found {
+            None => refused(failures::Reason::UnknownKey, "unknown or revoked agent key"),
+            Some((a, _)) if !a.is_active() => {
+                refused(failures::Reason::Suspended, "agent is suspended")
             }
-        };
-        match auth {
-            None => Err(CallError::Unauthorized("unknown or revoked agent key")),
-            Some((a, _)) if !a.is_active() => Err(CallError::Unauthorized("agent is suspended")),
             Some((a, view)) => Ok((view, a.agent.id.clone())),
+        }
+    }
+
+    /// A request that carried no key at all: counted like the other refusals.
+    pub fn missing_key(&self) -> CallError {
+        self.failures.note(failures::Reason::MissingKey);
+        CallError::Unauthorized("missing API key: send `Authorization: Bearer <agent key>`")
+    }
+
+    /// The key's agent from the caches, else from the store (and cached either way).
+    async fn lookup(&self, key: &str) -> Result<Found, CallError> {
+        let hash = palisade_store::hash_secret(key);
+        if let Some(found) = self.cached(&hash) {
+            return Ok(found);
+        }
+        // One store lookup per key however many requests carry it at once (the others wait
+        // for its answer), and at most MISS_LOOKUPS keys looked up at a time.
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            flights
+                .entry(hash.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+                .clone()
+        };
+        // Whoever ends first (or is cancelled) takes the flight off the map.
+        let _landed = Landed {
+            flights: &self.flights,
+            hash: &hash,
+            flight: &flight,
+        };
+        flight
+            .get_or_try_init(|| self.lookup_store(key, &hash))
+            .await
+            .cloned()
+    }
+
+    async fn lookup_store(&self, key: &str, hash: &str) -> Result<Found, CallError> {
+        let _turn = self
+            .misses
+            .acquire()
+            .await
+            .map_err(|_| CallError::Internal("agent registry closed".into()))?;
+        if let Some(found) = self.cached(hash) {
+            return Ok(found);
+        }
+        self.failures.looked_up();
+        let found = self
+            .store
+            .authenticate(key)
+            .await
+            .map_err(|e| CallError::Internal(format!("agent registry unavailable: {e}")))?;
+        let found = found.map(|a| {
+            let view = Arc::new(Agent::from(&a.agent));
+            (a, view)
+        });
+        match &found {
+            Some(f) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.insert(hash.to_string(), (Instant::now(), f.clone()));
+            }
+            None => {
+                let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                unknown.insert(hash.to_string(), Instant::now());
+            }
+        }
+        Ok(found)
+    }
+
+    /// `Some` when a cache answers: `Some(None)` for a key known to be unknown.
+    #[allow(clippy::option_option)]
+    fn cached(&self, hash: &str) -> Option<Found> {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, found)) = cache.get(hash) {
+                if at.elapsed() < CACHE_TTL {
+                    return Some(Some(found.clone()));
+                }
+                cache.remove(hash);
+            }
+        }
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        match unknown.get(hash) {
+            Some(at) if at.elapsed() < NEGATIVE_TTL => Some(None),
+            Some(_) => {
+                unknown.remove(hash);
+                None
+            }
+            None => None,
         }
     }
 

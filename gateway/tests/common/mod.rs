@@ -101,16 +101,28 @@ impl Reply {
     }
 }
 
-/// `base` followed by `extra`, except that lines of `extra` reading `plugin_host.KEY = VALUE` go
-/// into the `[plugin_host]` table of `base`, replacing its line for the same key (TOML allows no
-/// second `[plugin_host]` and no duplicate key).
+/// `base` followed by `extra`, except that lines of `extra` reading `plugin_host.KEY = VALUE`
+/// (or `server.KEY = VALUE`) go into the `[plugin_host]` (`[server]`) table of `base`,
+/// replacing its line for the same key (TOML allows no second table and no duplicate key).
 pub fn with_host_lines(base: &str, extra: &str) -> String {
-    let (host, rest): (Vec<&str>, Vec<&str>) = extra
-        .lines()
-        .partition(|l| l.trim_start().starts_with("plugin_host."));
-    let host: String = host
+    let mut base = base.to_string();
+    let mut rest: Vec<&str> = extra.lines().collect();
+    for table in ["plugin_host", "server"] {
+        let prefix = format!("{table}.");
+        let (mine, others): (Vec<&str>, Vec<&str>) = rest
+            .iter()
+            .partition(|l| l.trim_start().starts_with(prefix.as_str()));
+        rest = others;
+        base = into_table(&base, table, &mine, &prefix);
+    }
+    format!("{base}\n{}", rest.join("\n"))
+}
+
+fn into_table(base: &str, table: &str, lines: &[&str], prefix: &str) -> String {
+    let header = format!("[{table}]");
+    let host: String = lines
         .iter()
-        .map(|l| format!("{}\n", l.trim_start().trim_start_matches("plugin_host.")))
+        .map(|l| format!("{}\n", l.trim_start().trim_start_matches(prefix)))
         .collect();
     // A key given here replaces the harness's own line for it (e.g. `max_instances`).
     let keys: Vec<String> = host
@@ -118,19 +130,18 @@ pub fn with_host_lines(base: &str, extra: &str) -> String {
         .filter_map(|l| l.split('=').next())
         .map(|k| format!("{} =", k.trim()))
         .collect();
-    let mut in_host = false;
+    let mut in_table = false;
     let base: String = base
         .lines()
         .filter(|l| {
             if l.starts_with('[') {
-                in_host = *l == "[plugin_host]";
+                in_table = *l == header;
             }
-            !(in_host && keys.iter().any(|k| l.starts_with(k.as_str())))
+            !(in_table && keys.iter().any(|k| l.starts_with(k.as_str())))
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let base = base.replacen("[plugin_host]\n", &format!("[plugin_host]\n{host}"), 1);
-    format!("{base}\n{}", rest.join("\n"))
+    base.replacen(&format!("{header}\n"), &format!("{header}\n{host}"), 1)
 }
 
 /// The config a test gateway runs: a database, two agents plus the given `[[plugins]]` tables.
@@ -487,7 +498,11 @@ pub fn spawn_palisade(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc 
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            let after = line
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| line.split("listening on https://").nth(1));
+            if let Some(rest) = after {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
         }

@@ -5,6 +5,7 @@
 pub mod approvals;
 pub mod mcp;
 pub mod providers;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,14 +127,7 @@ pub struct ChainSettings {
     pub key_configured: bool,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub listen: Option<SocketAddr>,
-    pub max_body_bytes: Option<usize>,
-    /// On SIGTERM/SIGINT, how long calls in flight may run on before they are cut (default 20).
-    pub drain_secs: Option<f64>,
-}
+pub use server::RawServer;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +287,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `[server] drain_secs`: a graceful shutdown's wait for calls in flight.
     pub drain: Duration,
+    /// The rest of `[server]`: timeouts, the connection cap, TLS, `/metrics` access.
+    pub server: server::ServerSettings,
     /// The default provider: `[upstream]`, or the first `[[providers]]` entry.
     pub upstream: UpstreamSettings,
     /// Whether `[upstream]` is in the file (then it is a provider of its own).
@@ -658,8 +654,14 @@ impl Settings {
             }
         };
 
+        let listen = raw
+            .server
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let server = server::resolve(&raw.server, &resolve).map_err(invalid)?;
         let mcp = mcp::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
         Ok(Settings {
+            server,
             mcp,
             approvals,
             chain,
@@ -671,10 +673,7 @@ impl Settings {
                 .admin
                 .bootstrap_token_env
                 .unwrap_or_else(|| "PALISADE_ADMIN_TOKEN".into()),
-            listen: raw
-                .server
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen,
             max_body_bytes: raw.server.max_body_bytes.unwrap_or(4 << 20),
             drain,
             upstream,

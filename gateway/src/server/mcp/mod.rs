@@ -78,11 +78,8 @@ async fn authenticate(
         let (status, msg) = call_error(&Value::Null, &e);
         answer(status, &msg, false)
     };
-    let key = request::agent_key(&parts.headers).ok_or_else(|| {
-        refused(CallError::Unauthorized(
-            "missing API key: send `Authorization: Bearer <agent key>`",
-        ))
-    })?;
+    let key =
+        request::agent_key(&parts.headers).ok_or_else(|| refused(gw.registry.missing_key()))?;
     let (agent, _) = gw.registry.authenticate(key).await.map_err(refused)?;
     Ok(agent)
 }
@@ -150,7 +147,14 @@ async fn post(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let bytes = match request::read_body(&parts.headers, body, rt.settings.max_body_bytes).await {
+    let bytes = match request::read_body(
+        &parts.headers,
+        body,
+        rt.settings.max_body_bytes,
+        rt.settings.server.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             let (status, msg) = call_error(&Value::Null, &e);
