@@ -382,6 +382,13 @@ async fn build(
             LoadedPlugin::new(p.clone(), compiled, services.clone(), slots.clone()).await?;
         plugins.push(Arc::new(plugin));
     }
+    // The pool's size is fixed until a restart (the engine's); each agent's cap reloads.
+    let total = previous
+        .is_none()
+        .then_some(settings.host.max_instances as usize);
+    services
+        .shares
+        .configure(total, settings.limits.instances_per_agent as usize);
     Ok(Runtime {
         chain: Arc::new(Chain::new(plugins)),
         fingerprint: fingerprint(text, &digests),
