@@ -474,3 +474,74 @@ async fn the_mcp_session_cap_refuses_the_next_session_until_one_ends() {
     assert_eq!(s, 200);
     assert_eq!(init().await.0, 200);
 }
+
+fn meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+           "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+           "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_tool_call_over_the_limit_is_a_json_rpc_error_with_429_and_retry_after() {
+    let extra = "[limits]\nrpm = 2\n\n[[mcp_servers]]\nname = \"desk\"\ntransport = \"http\"\n\
+                 url = \"{mock}/mcp\"\n";
+    let gw = TestGateway::start_full(Db::Sqlite, &[], "", false, extra).await;
+    // The 2026-07-28 revision needs no session: each request stands alone.
+    let call = |id: u64| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "desk__crm_query", "arguments": {"table": "tickets", "q": "refund"},
+            "_meta": meta()}});
+        let h = [
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "desk__crm_query"),
+        ];
+        let gw = &gw;
+        async move {
+            let (s, headers, b) = gw
+                .request_with(
+                    "POST",
+                    "/mcp",
+                    Some(SUPPORT_KEY),
+                    Bytes::from(body.to_string()),
+                    &h,
+                )
+                .await;
+            (
+                s,
+                headers,
+                serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for id in 1..=2 {
+        let (s, _, b) = call(id).await;
+        assert_eq!(s, 200, "{b}");
+        assert!(b.get("result").is_some(), "{b}");
+    }
+    let (s, headers, b) = call(3).await;
+    assert_eq!(s, 429, "{b}");
+    assert_eq!(b["id"], 3);
+    assert_eq!(b["error"]["data"]["code"], "rate_limit_rpm", "{b}");
+    let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(b["error"]["data"]["retry_after"], secs);
+    // Listings do not count.
+    let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
+                      "params": {"_meta": meta()}});
+    let h = [
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/list"),
+    ];
+    let (s, _, _) = gw
+        .request_with(
+            "POST",
+            "/mcp",
+            Some(SUPPORT_KEY),
+            Bytes::from(list.to_string()),
+            &h,
+        )
+        .await;
+    assert_eq!(s, 200);
+}

@@ -68,7 +68,8 @@ fn scopes(settings: &LimitSettings, agent: &Agent) -> Vec<(String, LimitSet)> {
         tpm: agent.limits.tpm,
         concurrent: agent.limits.concurrent,
     };
-    let mut out = Vec::with_capacity(3);
+    // No allocation for the common case of no limits at all.
+    let mut out = Vec::new();
     if !own.is_empty() {
         out.push((format!("{SCOPE_PREFIX}agent:{}", agent.id), own));
     }
