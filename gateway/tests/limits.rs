@@ -61,6 +61,7 @@ async fn two_replicas_on_postgres_admit_at_most_60_of_200_calls_a_minute() {
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
     assert_eq!(ok + refused.len(), 200, "only 200s and 429s");
+    eprintln!("rpm 60: {ok} of 200 admitted");
     assert!(ok <= 60, "{ok} calls admitted under a limit of 60 a minute");
     assert!(ok >= 45, "leases left too much unused: only {ok} admitted");
     for r in &refused {
@@ -97,6 +98,7 @@ async fn two_replicas_on_postgres_hold_a_tokens_per_minute_limit() {
     let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
     assert_eq!(ok.len() + refused.len(), 200);
+    eprintln!("tpm {tpm}: {} of 200 calls of {estimate} tokens admitted", ok.len());
     // Every admitted call holds at least its estimate until it ends, and then its real usage.
     assert!(
         !ok.is_empty() && ok.len() * estimate <= tpm,
