@@ -98,7 +98,10 @@ async fn two_replicas_on_postgres_hold_a_tokens_per_minute_limit() {
     let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
     assert_eq!(ok.len() + refused.len(), 200);
-    eprintln!("tpm {tpm}: {} of 200 calls of {estimate} tokens admitted", ok.len());
+    eprintln!(
+        "tpm {tpm}: {} of 200 calls of {estimate} tokens admitted",
+        ok.len()
+    );
     // Every admitted call holds at least its estimate until it ends, and then its real usage.
     assert!(
         !ok.is_empty() && ok.len() * estimate <= tpm,

@@ -68,7 +68,7 @@ impl std::fmt::Debug for Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        {
+        let wake = {
             let mut st = self.shares.lock();
             st.in_use = st.in_use.saturating_sub(1);
             if let Some(n) = st.held.get_mut(&self.agent) {
@@ -77,8 +77,13 @@ impl Drop for Ticket {
                     st.held.remove(&self.agent);
                 }
             }
+            // A waiter registers under this lock before it waits: none registered, none to
+            // wake (the common case costs no wake-up).
+            !st.waiting.is_empty()
+        };
+        if wake {
+            self.shares.freed.notify_waiters();
         }
-        self.shares.freed.notify_waiters();
     }
 }
 
