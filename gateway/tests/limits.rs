@@ -324,6 +324,24 @@ async fn a_team_limit_counts_the_team_together_and_no_one_else() {
     for _ in 0..3 {
         assert_eq!(gw.chat(RESEARCH_KEY, &hi).await.status, 200);
     }
+    // The spend view shows the minute's counter.
+    let (s, v) = gw
+        .admin(
+            "GET",
+            "/admin/api/spend?window=minute&scope=limit:",
+            ADMIN_TOKEN,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let team = v["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["scope"] == "limit:team:support" && c["unit"] == "requests")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(team["spent"], 2, "{v}");
     let (_, _, metrics) = gw.request("GET", "/metrics", None, Bytes::new()).await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("palisade_limit_refusals_total{limit=\"rpm\",scope=\"team\"} 1"));
