@@ -54,14 +54,23 @@ fn retry_after(r: &Reply) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_postgres_admit_at_most_60_of_200_calls_a_minute() {
+    rpm_race(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_sqlite_admit_at_most_60_of_200_calls_a_minute() {
+    rpm_race(Db::Sqlite).await;
+}
+
+async fn rpm_race(db: Db) {
     let extra = "[limits]\nrpm = 60\n";
-    let a = TestGateway::start_full(Db::Postgres, &[], "", false, extra).await;
+    let a = TestGateway::start_full(db, &[], "", false, extra).await;
     let b = TestGateway::start_on(&a.database, &[], "", extra).await;
     let replies = race(&a, &b, &chat_body("gpt-4o-mini", "hi")).await;
     let ok = replies.iter().filter(|r| r.status == 200).count();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
     assert_eq!(ok + refused.len(), 200, "only 200s and 429s");
-    eprintln!("rpm 60: {ok} of 200 admitted");
+    eprintln!("rpm 60 on {db:?}: {ok} of 200 admitted");
     assert!(ok <= 60, "{ok} calls admitted under a limit of 60 a minute");
     assert!(ok >= 45, "leases left too much unused: only {ok} admitted");
     for r in &refused {
