@@ -64,6 +64,8 @@ pub struct Gateway {
     chain_fallback: Vec<u8>,
     /// Calls and streams in flight, and the graceful shutdown's stages.
     pub drain: crate::core::drain::Drain,
+    /// Each agent's MCP sessions and event streams on this replica, against their caps.
+    pub mcp_caps: Arc<crate::limits::mcp::McpCaps>,
 }
 
 pub use crate::core::clock::now_ms;
@@ -133,6 +135,7 @@ impl Gateway {
             }]),
             preparing: Mutex::new(()),
             upstream_builds: AtomicU64::new(1),
+            mcp_caps: Arc::default(),
             metrics,
             policy,
             approvals: crate::approvals::Gate::new(store.clone(), drain.clone()),

@@ -13,7 +13,7 @@ use crate::approvals::{Refusal, Status};
 use crate::call::format::Ingress;
 use crate::core::domain::ChainError;
 use crate::core::domain::Hold;
-use crate::core::error::{CallError, PluginFault};
+use crate::core::error::{CallError, Limit, PluginFault};
 use crate::mcp::jsonrpc;
 use crate::wire::GatewayBody;
 
@@ -78,10 +78,20 @@ fn variant(e: &CallError) -> &'static str {
         CallError::Internal(_) => "Internal",
         CallError::ClientClosed => "ClientClosed",
         CallError::ShuttingDown => "ShuttingDown",
+        CallError::Limited { .. } => "Limited",
     }
 }
 
-const VARIANTS: usize = 20;
+const VARIANTS: usize = 21;
+
+fn limited(limit: Limit) -> CallError {
+    CallError::Limited {
+        limit,
+        scope: "agent support-bot".into(),
+        max: 60,
+        retry_after: 17,
+    }
+}
 
 fn denied(plugin: &str, status: u16, code: &str) -> CallError {
     CallError::Denied {
@@ -345,6 +355,26 @@ fn table() -> Vec<(CallError, Row)> {
             CallError::ShuttingDown,
             row(503, "gateway_draining", SERVER, OVER, REFUSED, true),
         ),
+        (
+            limited(Limit::Rpm),
+            row(429, "rate_limit_rpm", RATE, RATE, REFUSED, true),
+        ),
+        (
+            limited(Limit::Tpm),
+            row(429, "rate_limit_tpm", RATE, RATE, REFUSED, true),
+        ),
+        (
+            limited(Limit::Concurrent),
+            row(429, "concurrency_limit", RATE, RATE, REFUSED, true),
+        ),
+        (
+            limited(Limit::McpSessions),
+            row(429, "mcp_session_limit", RATE, RATE, REFUSED, true),
+        ),
+        (
+            limited(Limit::McpStreams),
+            row(429, "mcp_stream_limit", RATE, RATE, REFUSED, true),
+        ),
     ]
 }
 
@@ -448,4 +478,32 @@ fn a_refused_approval_carries_its_state_in_every_face() {
         assert_eq!(approval["id"], "apr_1");
         assert_eq!(approval["state"], "pending");
     }
+}
+
+#[test]
+fn a_limits_refusal_carries_retry_after_in_every_face() {
+    let e = limited(Limit::Rpm);
+    for r in [
+        Ingress::OpenAi.error(&e, "r"),
+        Ingress::Anthropic.error(&e, "r"),
+    ] {
+        let (status, headers, _) = whole(r);
+        assert_eq!(status, 429);
+        assert_eq!(headers["retry-after"], "17");
+    }
+    let (_, msg) = jsonrpc::call_error(&json!(1), &e);
+    assert_eq!(msg["error"]["data"]["retry_after"], 17);
+    let (status, headers, _) = whole(jsonrpc::reply(&msg, false));
+    assert_eq!(
+        (status, &headers["retry-after"]),
+        (429, &"17".parse().unwrap())
+    );
+    // Any other error is a 200 carrying the JSON-RPC error, with no `Retry-After`.
+    let (_, other) = jsonrpc::call_error(&json!(1), &CallError::AuditUnavailable);
+    let (status, headers, _) = whole(jsonrpc::reply(&other, false));
+    assert_eq!(status, 200);
+    assert!(headers.get("retry-after").is_none());
+    // Errors without a limit carry none either.
+    let (_, headers, _) = whole(Ingress::OpenAi.error(&CallError::AuditUnavailable, "r"));
+    assert!(headers.get("retry-after").is_none());
 }

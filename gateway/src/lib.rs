@@ -17,6 +17,7 @@ pub mod core;
 pub mod demo;
 #[cfg(test)]
 mod error_table;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod net;

@@ -16,6 +16,7 @@ const ORDER: &[&str] = &[
     "metrics",
     "audit",
     "plugins",
+    "limits",
     "providers",
     "approvals",
     "mcp",

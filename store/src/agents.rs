@@ -93,6 +93,8 @@ pub struct Agent {
     pub tools: Vec<String>,
     /// Budgets and limits, as the policy plugins read them (a JSON object).
     pub budgets: serde_json::Value,
+    /// Rate and concurrency limits the gateway enforces for it.
+    pub limits: AgentLimits,
     pub source: AgentSource,
     pub created_at: i64,
     pub updated_at: i64,
@@ -116,6 +118,23 @@ pub struct NewAgent {
     pub tools: Vec<String>,
     /// A JSON object; `null` is stored as `{}`.
     pub budgets: serde_json::Value,
+    pub limits: AgentLimits,
+}
+
+/// An agent's own rate and concurrency limits (each unset: only the team's and the global
+/// ones apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentLimits {
+    /// Requests per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (input estimated at admission, real usage charged at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Calls in flight at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u64>,
 }
 
 /// An agent as `palisade.toml` declares it, with the SHA-256 (hex) of each key it may use.
@@ -138,6 +157,7 @@ pub struct AgentUpdate {
     pub models: Option<Vec<String>>,
     pub tools: Option<Vec<String>>,
     pub budgets: Option<serde_json::Value>,
+    pub limits: Option<AgentLimits>,
 }
 
 /// What [`Store::sync_config_agents`] did, by agent id.
@@ -158,8 +178,8 @@ pub struct SyncReport {
 }
 
 pub(crate) const AGENT_COLUMNS: &str = "id, name, owner, team, description, purpose, status, \
-     labels, models, tools, budgets, source, removed_from_config, created_at, updated_at, \
-     last_seen_at";
+     labels, models, tools, budgets, limits, source, removed_from_config, created_at, \
+     updated_at, last_seen_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct AgentRow {
@@ -174,6 +194,7 @@ pub(crate) struct AgentRow {
     models: Json<Vec<String>>,
     tools: Json<Vec<String>>,
     budgets: Json<serde_json::Value>,
+    limits: Json<AgentLimits>,
     source: String,
     removed_from_config: bool,
     created_at: i64,
@@ -199,6 +220,7 @@ impl AgentRow {
             models: self.models.0,
             tools: self.tools.0,
             budgets: self.budgets.0,
+            limits: self.limits.0,
             created_at: self.created_at,
             updated_at: self.updated_at,
             last_seen_at: self.last_seen_at,
@@ -216,6 +238,7 @@ impl AgentRow {
             && self.models.0 == a.models
             && self.tools.0 == a.tools
             && self.budgets.0 == a.budgets
+            && self.limits.0 == a.limits
     }
 }
 
@@ -226,6 +249,14 @@ fn normalize(mut a: NewAgent) -> Result<NewAgent, StoreError> {
         a.name = a.id.clone();
     }
     normalize_lists(&a.id, &a.models, &a.tools, &a.budgets)?;
+    let l = a.limits;
+    if [l.rpm, l.tpm, l.concurrent].contains(&Some(0)) {
+        return Err(StoreError::Invalid(format!(
+            "agent {:?}: limits rpm, tpm and concurrent must be at least 1 (leave one out for \
+             no limit)",
+            a.id
+        )));
+    }
     if a.budgets.is_null() {
         a.budgets = serde_json::Value::Object(Default::default());
     }
@@ -265,12 +296,12 @@ pub(crate) fn validate_id(id: &str) -> Result<(), StoreError> {
 }
 
 const INSERT_AGENT: &str = "INSERT INTO agents (id, name, owner, team, description, purpose, \
-     status, labels, models, tools, budgets, source, removed_from_config, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, FALSE, $13, $13)";
+     status, labels, models, tools, budgets, source, removed_from_config, created_at, updated_at, \
+     limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, FALSE, $13, $13, $14)";
 
 const UPDATE_AGENT_FIELDS: &str = "UPDATE agents SET name = $2, owner = $3, team = $4, \
      description = $5, purpose = $6, labels = $7, models = $8, tools = $9, budgets = $10, \
-     status = $11, removed_from_config = FALSE, updated_at = $12 WHERE id = $1";
+     status = $11, removed_from_config = FALSE, updated_at = $12, limits = $13 WHERE id = $1";
 
 impl Store {
     /// Register an agent through the API (source `api`, status active). Conflict if the id is
@@ -293,6 +324,7 @@ impl Store {
                 .bind(Json(&a.budgets))
                 .bind(AgentSource::Api.as_str())
                 .bind(now)
+                .bind(Json(&a.limits))
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -384,6 +416,7 @@ impl Store {
                     models: update.models.unwrap_or(current.models),
                     tools: update.tools.unwrap_or(current.tools),
                     budgets: update.budgets.unwrap_or(current.budgets),
+                    limits: update.limits.unwrap_or(current.limits),
                 })?;
                 sqlx::query(UPDATE_AGENT_FIELDS)
                     .bind(&merged.id)
@@ -398,6 +431,7 @@ impl Store {
                     .bind(Json(&merged.budgets))
                     .bind(current.status.as_str())
                     .bind(now)
+                    .bind(Json(&merged.limits))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -494,6 +528,7 @@ impl Store {
                                 .bind(Json(&a.budgets))
                                 .bind(AgentSource::Config.as_str())
                                 .bind(now)
+                                .bind(Json(&a.limits))
                                 .execute(&mut *tx)
                                 .await?;
                             report.created.push(a.id.clone());
@@ -526,6 +561,7 @@ impl Store {
                                     .bind(Json(&a.budgets))
                                     .bind(status)
                                     .bind(now)
+                                    .bind(Json(&a.limits))
                                     .execute(&mut *tx)
                                     .await?;
                                 if row.removed_from_config {

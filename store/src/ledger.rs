@@ -24,6 +24,10 @@ use crate::{BeginWrite, Store, StoreError, on_pool};
 pub enum Unit {
     MicroUsd,
     Tokens,
+    /// Requests (rate limits: one per call).
+    Requests,
+    /// Calls in flight (concurrency limits: held while a call runs, never spent).
+    Calls,
 }
 
 impl Unit {
@@ -31,6 +35,20 @@ impl Unit {
         match self {
             Unit::MicroUsd => "micro_usd",
             Unit::Tokens => "tokens",
+            Unit::Requests => "requests",
+            Unit::Calls => "calls",
+        }
+    }
+
+    /// What settling a call charges a counter of this unit that held `held` for it: the
+    /// call's cost or tokens, the one request it was, or nothing for a call in flight (its
+    /// hold simply ends).
+    pub fn charge(self, held: u64, micro_usd: u64, tokens: u64) -> u64 {
+        match self {
+            Unit::MicroUsd => micro_usd,
+            Unit::Tokens => tokens,
+            Unit::Requests => held,
+            Unit::Calls => 0,
         }
     }
 
@@ -38,6 +56,8 @@ impl Unit {
         match s {
             "micro_usd" => Ok(Unit::MicroUsd),
             "tokens" => Ok(Unit::Tokens),
+            "requests" => Ok(Unit::Requests),
+            "calls" => Ok(Unit::Calls),
             _ => Err(StoreError::Corrupt(format!("unknown ledger unit {s:?}"))),
         }
     }
@@ -47,6 +67,8 @@ impl Unit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Window {
+    /// The clock minute, UTC (rate limits).
+    Minute,
     Hour,
     Day,
     /// The calendar month, UTC.
@@ -58,6 +80,7 @@ pub enum Window {
 impl Window {
     pub fn as_str(self) -> &'static str {
         match self {
+            Window::Minute => "minute",
             Window::Hour => "hour",
             Window::Day => "day",
             Window::Month => "month",
@@ -67,6 +90,7 @@ impl Window {
 
     fn parse(s: &str) -> Result<Window, StoreError> {
         match s {
+            "minute" => Ok(Window::Minute),
             "hour" => Ok(Window::Hour),
             "day" => Ok(Window::Day),
             "month" => Ok(Window::Month),
@@ -78,9 +102,11 @@ impl Window {
 
 /// Start (unix ms) of the `window` containing `now_ms`; 0 for `Total`.
 pub fn window_start(window: Window, now_ms: i64) -> i64 {
+    const MINUTE: i64 = 60_000;
     const HOUR: i64 = 3_600_000;
     const DAY: i64 = 86_400_000;
     match window {
+        Window::Minute => now_ms - now_ms.rem_euclid(MINUTE),
         Window::Hour => now_ms - now_ms.rem_euclid(HOUR),
         Window::Day => now_ms - now_ms.rem_euclid(DAY),
         Window::Month => {
@@ -134,6 +160,10 @@ pub struct Spend {
     /// Held by reservations of calls in flight.
     pub reserved: u64,
 }
+
+/// Minute counters are kept this many minutes after their own (for the spend view), then
+/// deleted by the expiry sweep.
+const MINUTES_KEPT: i64 = 10;
 
 /// A counter's key: (scope, unit, window, window start).
 type Key = (String, &'static str, &'static str, i64);
@@ -298,7 +328,25 @@ impl Store {
                 n += 1;
             }
         }
+        self.forget_old_minutes(now).await?;
         Ok(n)
+    }
+
+    /// Delete rate-limit counters of minutes long past that nothing holds any more: one row
+    /// per scope and minute would otherwise pile up for ever.
+    async fn forget_old_minutes(&self, now: i64) -> Result<(), StoreError> {
+        let before = window_start(Window::Minute, now).saturating_sub(MINUTES_KEPT * 60_000);
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "DELETE FROM ledger_counters WHERE window_kind = 'minute' \
+                 AND window_start < $1 AND reserved = 0",
+            )
+            .bind(before)
+            .execute(pool)
+            .await
+            .map(|_| ())?
+        });
+        Ok(())
     }
 
     /// Spent so far in the current `window` (held amounts not included).
@@ -377,10 +425,14 @@ impl Store {
                 for (scope, unit, window, start, amount) in &holds {
                     let spend = match end {
                         End::Release => 0,
-                        End::Settle { micro_usd, tokens } => match Unit::parse(unit)? {
-                            Unit::MicroUsd => micro_usd,
-                            Unit::Tokens => tokens,
-                        },
+                        End::Settle { micro_usd, tokens } => {
+                            let charge = Unit::parse(unit)?.charge(
+                                unsigned(*amount),
+                                unsigned(micro_usd),
+                                unsigned(tokens),
+                            );
+                            clamp(charge)
+                        }
                     };
                     sqlx::query(UNHOLD)
                         .bind(scope)
@@ -410,6 +462,10 @@ mod tests {
         let t = parse_rfc3339_ms("2026-03-15T12:34:56.789Z").unwrap();
         let at = |s: &str| parse_rfc3339_ms(s).unwrap();
         assert_eq!(window_start(Window::Hour, t), at("2026-03-15T12:00:00Z"));
+        assert_eq!(
+            window_start(Window::Minute, at("2026-03-15T12:34:56.789Z")),
+            at("2026-03-15T12:34:00Z")
+        );
         assert_eq!(window_start(Window::Day, t), at("2026-03-15"));
         assert_eq!(window_start(Window::Month, t), at("2026-03-01"));
         assert_eq!(window_start(Window::Total, t), 0);

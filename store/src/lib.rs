@@ -49,7 +49,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Postgres, Sqlite, Transaction};
 
-pub use agents::{Agent, AgentStatus, AgentUpdate, ConfigAgent, NewAgent, SyncReport};
+pub use agents::{Agent, AgentLimits, AgentStatus, AgentUpdate, ConfigAgent, NewAgent, SyncReport};
 pub use approvals::{
     Approval, ApprovalState, Attached, Claim, Decision, Execution, NewApproval, Vote,
 };

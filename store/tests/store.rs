@@ -57,6 +57,11 @@ fn agent(id: &str) -> NewAgent {
         models: vec!["gpt-4o".into()],
         tools: vec!["search".into()],
         budgets: json!({"usd_per_day": 5.5, "tokens_per_hour": 100000}),
+        limits: palisade_store::AgentLimits {
+            rpm: Some(60),
+            tpm: None,
+            concurrent: Some(4),
+        },
     }
 }
 
@@ -119,6 +124,10 @@ async fn agents_crud(db: &TestDb) {
         json!({"usd_per_day": 5.5, "tokens_per_hour": 100000})
     );
     assert_eq!(a.labels.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(
+        (a.limits.rpm, a.limits.tpm, a.limits.concurrent),
+        (Some(60), None, Some(4))
+    );
     assert!(a.created_at >= before && a.created_at == a.updated_at);
     assert_eq!(a.last_seen_at, None);
     assert_eq!(s.get_agent("chatbot").await.unwrap(), a);

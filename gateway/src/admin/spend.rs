@@ -17,13 +17,15 @@ use crate::wire::GatewayBody;
 
 fn window(s: Option<&str>) -> Result<Window, CallError> {
     match s.unwrap_or("day") {
+        // The rate limits' counters (`scope=limit:`).
+        "minute" => Ok(Window::Minute),
         "hour" => Ok(Window::Hour),
         "day" => Ok(Window::Day),
         "month" => Ok(Window::Month),
         "total" => Ok(Window::Total),
         other => Err(CallError::bad_request(
             "invalid_request",
-            format!("window must be hour, day, month or total, not {other:?}"),
+            format!("window must be minute, hour, day, month or total, not {other:?}"),
         )),
     }
 }

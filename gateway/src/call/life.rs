@@ -194,6 +194,8 @@ pub struct CallLife {
     pub spend: Spend,
     /// What an ingress records beside the plugins' notes (MCP: method, server, item).
     pub facts: Option<Value>,
+    /// The call's admission under the rate and concurrency limits, settled at its end.
+    pub limits: Option<crate::limits::Admitted>,
     gone: ClientGone,
     finished: bool,
 }
@@ -215,6 +217,7 @@ impl CallLife {
             call: None,
             spend: Spend::default(),
             facts: None,
+            limits: None,
             gone,
             finished: false,
         }
@@ -228,6 +231,21 @@ impl CallLife {
     pub fn session(&mut self, rt: &Runtime) -> &mut CallSession {
         self.session
             .get_or_insert_with(|| rt.chain.session(self.request_id.clone()))
+    }
+
+    /// Admit the call of `agent` under the rate and concurrency limits (see
+    /// [`crate::call::admit`]); the admission is settled when the call ends.
+    pub async fn admit(
+        &mut self,
+        rt: &Arc<Runtime>,
+        agent: &crate::registry::Agent,
+        tokens: Option<u64>,
+    ) -> Result<(), CallError> {
+        let gw = self.gw.clone();
+        let admitted =
+            super::admit(&gw, rt, agent, tokens, &mut self.draft, &mut self.session).await?;
+        self.limits = admitted;
+        Ok(())
     }
 
     /// The plugin that decided, for ingresses whose refusals carry no [`CallError`]: the last
@@ -266,6 +284,7 @@ struct Parts {
     call: Option<Call>,
     /// Recorded after the plugins' notes.
     extras: Vec<Value>,
+    limits: Option<crate::limits::Admitted>,
     gone: ClientGone,
 }
 
@@ -278,6 +297,7 @@ impl Parts {
             session: life.session.take(),
             call: life.call.take(),
             extras: life.facts.take().into_iter().collect(),
+            limits: life.limits.take(),
             gone: life.gone.clone(),
         }
     }
@@ -311,6 +331,11 @@ impl Parts {
                 truncated: end.truncated,
             };
             s.on_complete(c, &end.usage, &done).await;
+        }
+        if let Some(admitted) = self.limits.take() {
+            // Tokens per minute count what the call really used; its place in flight ends.
+            let used = u64::from(end.usage.input_tokens) + u64::from(end.usage.output_tokens);
+            admitted.settle(used).await;
         }
         let notes = self
             .session

@@ -168,6 +168,7 @@ async fn chat_inner(
         session: session_slot,
         call: call_slot,
         spend,
+        limits,
         ..
     } = life;
     // Step 2: identity, before the body is read.
@@ -207,6 +208,17 @@ async fn chat_inner(
         u64::from(chat.input_tokens),
         u64::from(chat.max_output_tokens),
     );
+    // Step 3b: the rate and concurrency limits, before any plugin instance or budget is
+    // taken; the admission is settled where the call's life ends.
+    *limits = admit(
+        gw,
+        rt,
+        &agent,
+        Some(u64::from(chat.input_tokens)),
+        draft,
+        session_slot,
+    )
+    .await?;
     let mut llm = request::llm_call(request_id, &run.run_id, &agent, &chat, body_text);
     llm.chain = run.agents;
     if chat.stream
@@ -226,11 +238,14 @@ async fn chat_inner(
 
     // Step 4: the plugin chain, request side.
     let session = session_slot.insert(rt.chain.session(request_id.clone()));
+    session.set_agent(&agent.id);
     // A hold waits for its approval (`held`); once approved, this call holds the one claim to
     // run it, and the chain goes on after the holding plugin.
     let mut claim = None;
     let decision = match session.on_request(call).await {
         Err(CallError::ApprovalRequired { plugin, hold }) => {
+            // Waiting for humans holds no plugin instance the call no longer needs.
+            session.park();
             let replay_as = (ingress, chat.stream);
             match held::admit(gw, rt, call, &plugin, &hold, replay_as).await? {
                 held::Held::Proceed(c) => claim = Some(c),
@@ -351,6 +366,33 @@ async fn chat_inner(
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         add_provider(&mut r, &target);
         Ok(Reply::Streaming(r))
+    }
+}
+
+/// Admit a call of `agent` under the rate and concurrency limits (`crate::limits`); a refusal
+/// is noted for the audit (which limit, whose) in `draft` and the call's session.
+pub async fn admit(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    agent: &crate::registry::Agent,
+    tokens: Option<u64>,
+    draft: &mut Draft,
+    session: &mut Option<CallSession>,
+) -> Result<Option<crate::limits::Admitted>, CallError> {
+    let limits = &rt.settings.limits;
+    match crate::limits::admit(&gw.services.ledger, limits, &gw.metrics, agent, tokens).await {
+        Ok(admitted) => Ok(admitted),
+        Err(e) => {
+            if let Some(note) = crate::limits::note(&e) {
+                let rid: Arc<str> = Arc::from(draft.event.request_id.as_str());
+                session
+                    .get_or_insert_with(|| rt.chain.session(rid))
+                    .notes
+                    .push(note);
+            }
+            draft.event.decided_by = Some("palisade.limits".into());
+            Err(e)
+        }
     }
 }
 

@@ -67,6 +67,8 @@ pub struct ErrorSpec<'a> {
     pub plugin: Option<&'a str>,
     /// A held call's approval, for agents that wait on it.
     pub approval: Option<serde_json::Value>,
+    /// Seconds after which the same call may be admitted (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl<'a> ErrorSpec<'a> {
@@ -94,6 +96,7 @@ impl<'a> ErrorSpec<'a> {
             },
             plugin: None,
             approval: None,
+            retry_after: None,
         }
     }
 
@@ -116,6 +119,67 @@ impl<'a> ErrorSpec<'a> {
         self.approval = Some(approval);
         self
     }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+/// Which of the gateway's own limits refused a call (`crate::limits`, `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Limit {
+    /// Requests per minute.
+    Rpm,
+    /// Tokens per minute.
+    Tpm,
+    /// Calls in flight.
+    Concurrent,
+    /// Live MCP sessions of one agent.
+    McpSessions,
+    /// Open `GET /mcp` event streams of one agent.
+    McpStreams,
+}
+
+impl Limit {
+    /// The stable error code naming the limit.
+    pub fn code(self) -> &'static str {
+        match self {
+            Limit::Rpm => "rate_limit_rpm",
+            Limit::Tpm => "rate_limit_tpm",
+            Limit::Concurrent => "concurrency_limit",
+            Limit::McpSessions => "mcp_session_limit",
+            Limit::McpStreams => "mcp_stream_limit",
+        }
+    }
+
+    /// The metric label and the audit note's name of the limit.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Rpm => "rpm",
+            Limit::Tpm => "tpm",
+            Limit::Concurrent => "concurrent",
+            Limit::McpSessions => "mcp_sessions",
+            Limit::McpStreams => "mcp_streams",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Limit::Rpm => "requests per minute",
+            Limit::Tpm => "tokens per minute",
+            Limit::Concurrent => "calls in flight",
+            Limit::McpSessions => "live MCP sessions",
+            Limit::McpStreams => "open GET /mcp event streams",
+        }
+    }
+}
+
+fn limit_message(limit: &Limit, scope: &str, max: &u64, retry_after: &u64) -> String {
+    format!(
+        "limit of {max} {} reached for {scope}; retry in {retry_after} s",
+        limit.what()
+    )
 }
 
 /// Anthropic's `error.type` for a status, as its API documents them; the SDKs pick their
@@ -244,6 +308,16 @@ pub enum CallError {
     /// A graceful shutdown cut the call (a stream past the drain deadline).
     #[error("the gateway is shutting down and cut this call; retry it")]
     ShuttingDown,
+    /// One of the gateway's own rate, concurrency or session limits refused the call.
+    #[error("{}", limit_message(.limit, .scope, .max, .retry_after))]
+    Limited {
+        limit: Limit,
+        /// Whose limit: `agent support-bot`, `team support`, `all agents`.
+        scope: String,
+        max: u64,
+        /// Seconds until it may be admitted (the minute's end; 1 for calls in flight).
+        retry_after: u64,
+    },
 }
 
 impl CallError {
@@ -362,6 +436,13 @@ impl CallError {
             // Another replica (or this one after its restart) will serve the same call.
             CallError::ShuttingDown => row(503, "gateway_draining", Internal, SERVER, rpc::REFUSED)
                 .retryable(true)
+                .log_level(LogLevel::Info),
+            // Worth retrying after `Retry-After`: the window turns, calls in flight end.
+            CallError::Limited {
+                limit, retry_after, ..
+            } => row(429, limit.code(), Downstream, RATE_LIMIT, rpc::REFUSED)
+                .retryable(true)
+                .retry_after(*retry_after)
                 .log_level(LogLevel::Info),
         }
     }

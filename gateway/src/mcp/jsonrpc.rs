@@ -54,10 +54,34 @@ pub fn call_error(id: &Value, e: &CallError) -> (StatusCode, Value) {
     if let Some(approval) = spec.approval {
         data["approval"] = approval;
     }
+    if let Some(secs) = spec.retry_after {
+        data["retry_after"] = json!(secs);
+    }
     (
         status,
         error(id, spec.jsonrpc_code, e.to_string(), Some(data)),
     )
+}
+
+/// The `Retry-After` of a JSON-RPC error a limit answered (its `data.retry_after`): such an
+/// answer goes out as HTTP 429 with that header, whichever path made it.
+pub fn retry_after(msg: &Value) -> Option<u64> {
+    msg.pointer("/error/data/retry_after")
+        .and_then(Value::as_u64)
+}
+
+/// An answer carrying one JSON-RPC message: 200, or 429 with `Retry-After` for a limit's
+/// refusal.
+pub fn reply(msg: &Value, sse: bool) -> Response<GatewayBody> {
+    match retry_after(msg) {
+        Some(secs) => {
+            let mut r = answer(StatusCode::TOO_MANY_REQUESTS, msg, sse);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        None => answer(StatusCode::OK, msg, sse),
+    }
 }
 
 /// Whether the client wants SSE: it accepts `text/event-stream` but not `application/json`.

@@ -15,6 +15,7 @@
 //! | `palisade_breaker_opened_total` | `target` |
 //! | `palisade_tokens_total` | `agent`, `provider`, `direction` |
 //! | `palisade_cost_micro_usd_total` | `agent`, `provider` |
+//! | `palisade_limit_refusals_total` | `limit` (`rpm`, `tpm`, `concurrent`, `mcp_sessions`, `mcp_streams`, `instances`), `scope` (`agent`, `team`, `global`) |
 //!
 //! `target` and `provider` values are bounded by the config, never by what agents send: a
 //! target a route names, else its provider, else an MCP server, else `other` (see
@@ -108,6 +109,7 @@ pub struct Metrics {
     failovers: Family<u64>,
     tokens: Family<u64>,
     cost: Family<u64>,
+    limit_refusals: Family<u64>,
     /// Shared with the audit writer, which counts into it (it has no handle on `Metrics`).
     audit_quarantined: Arc<AtomicU64>,
     /// The registry's count of refused keys, read at scrape time.
@@ -205,6 +207,15 @@ impl Metrics {
         }
     }
 
+    /// A call (or an MCP session or stream) refused by one of the gateway's own limits; both
+    /// labels come from fixed sets.
+    pub fn limit_refused(&self, limit: &'static str, scope: &'static str) {
+        self.limit_refusals.with(
+            vec![("limit", limit.to_string()), ("scope", scope.to_string())],
+            |c| *c += 1,
+        );
+    }
+
     /// One upstream attempt's outcome (`ok`, an error code, or `circuit_open`); every outcome
     /// but `ok` is also a failover away from the target.
     pub fn attempt(&self, target: &str, outcome: &str) {
@@ -300,6 +311,13 @@ impl Metrics {
             "palisade_cost_micro_usd_total",
             "Cost in micro-USD by agent and serving target.",
             &self.cost,
+        );
+        counter(
+            &mut out,
+            "palisade_limit_refusals_total",
+            "Calls, MCP sessions and event streams refused by a rate, concurrency or per-agent \
+             limit.",
+            &self.limit_refusals,
         );
         header(
             &mut out,

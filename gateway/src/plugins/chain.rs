@@ -14,6 +14,7 @@ use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
 use super::host::CallHolds;
 use super::instance::Instance;
 use super::loaded::LoadedPlugin;
+use super::shares::{self, Ticket};
 use crate::core::error::{CallError, PluginFault};
 use crate::core::settings::OnError;
 
@@ -46,11 +47,21 @@ impl Chain {
         Chain { plugins, version }
     }
 
+    /// Start running a call of `agent` through this chain (its instances count in the agent's
+    /// share of the pool).
+    pub fn session_of(self: &Arc<Self>, request_id: &Arc<str>, agent: &str) -> CallSession {
+        let mut s = self.session(request_id.clone());
+        s.set_agent(agent);
+        s
+    }
+
     /// Start running a call through this chain.
     pub fn session(self: &Arc<Self>, request_id: Arc<str>) -> CallSession {
         CallSession {
             chain: self.clone(),
             instances: self.plugins.iter().map(|_| None).collect(),
+            tickets: self.plugins.iter().map(|_| None).collect(),
+            agent: Arc::from(""),
             skipped: vec![false; self.plugins.len()],
             request_id,
             notes: Vec::new(),
@@ -85,6 +96,10 @@ pub struct RequestDecision {
 pub struct CallSession {
     chain: Arc<Chain>,
     instances: Vec<Option<Instance>>,
+    /// Each checked-out instance's place in its agent's share (`shares`).
+    tickets: Vec<Option<Ticket>>,
+    /// The agent whose share the instances count in ("" until [`CallSession::set_agent`]).
+    agent: Arc<str>,
     skipped: Vec<bool>,
     request_id: Arc<str>,
     pub notes: Vec<PluginNote>,
@@ -117,12 +132,22 @@ impl CallSession {
             .collect()
     }
 
+    /// The agent the call's instances count for in the fair shares of the pool.
+    pub fn set_agent(&mut self, agent: &str) {
+        self.agent = Arc::from(agent);
+    }
+
     async fn instance(&mut self, i: usize) -> Result<&mut Instance, PluginFault> {
         if self.instances[i].is_none() {
-            let inst = self.chain.plugins[i]
-                .checkout(&self.request_id, &self.holds)
+            let plugin = &self.chain.plugins[i];
+            let ticket = plugin
+                .services
+                .shares
+                .acquire(&self.agent, shares::WAIT)
                 .await?;
+            let inst = plugin.checkout(&self.request_id, &self.holds).await?;
             self.instances[i] = Some(inst);
+            self.tickets[i] = Some(ticket);
         }
         match self.instances[i].as_mut() {
             Some(inst) => Ok(inst),
@@ -134,6 +159,7 @@ impl CallSession {
     fn fault(&mut self, i: usize, hook: &'static str, fault: PluginFault) -> Result<(), CallError> {
         let plugin = self.chain.plugins[i].clone();
         self.instances[i] = None;
+        self.tickets[i] = None;
         self.skipped[i] = true;
         let open = plugin.settings.on_error == OnError::Allow;
         tracing::warn!(
@@ -181,8 +207,19 @@ impl CallSession {
                 && let Some(inst) = self.instances[i].take()
             {
                 p.checkin(inst);
+                self.tickets[i] = None;
             }
         }
+    }
+
+    /// The chain stopped on a hold and the call now waits for humans: give back the
+    /// instances of plugins with no hook left to run (the holding one, and every plugin before
+    /// it that only decides requests), so a waiting call does not keep them from other calls.
+    /// Plugins that still have a hook to run for this call (`on-complete`, `on-text`) keep
+    /// theirs: it carries this call's state (a reservation to settle, stream carry-over).
+    /// The plugins after the holding one take theirs when the call goes on.
+    pub fn park(&mut self) {
+        self.release_after(Hooks::ON_RESPONSE | Hooks::ON_TEXT | Hooks::ON_COMPLETE);
     }
 
     /// Run `on-request` through the chain. `call.body` is replaced by rewrites. A hold stops
@@ -374,6 +411,7 @@ impl CallSession {
                 inst.end_call();
                 self.chain.plugins[i].checkin(inst);
             }
+            self.tickets[i] = None;
         }
     }
 }

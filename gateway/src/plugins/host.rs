@@ -23,6 +23,8 @@ use crate::plugins::ledger::Ledger;
 pub struct HostServices {
     pub ledger: Ledger,
     pub kv: Kv,
+    /// Each agent's share of the instance pool (`super::shares`).
+    pub shares: Arc<super::shares::Shares>,
 }
 
 /// One reservation a plugin holds in the running call, with what it reserved, so the host can

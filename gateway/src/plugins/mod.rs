@@ -10,6 +10,7 @@
 //! - `loaded`: compile, cache, link and smoke-test one plugin.
 //! - `instance`: one instance; where faults are classified.
 //! - `chain`: the ordered chain and a call's session through it.
+//! - `shares`: each agent's fair share of the instance pool.
 //! - `reload`: the swappable runtime and the file watcher.
 
 pub mod bindings;
@@ -22,6 +23,7 @@ pub mod kv;
 pub mod ledger;
 pub mod loaded;
 pub mod reload;
+pub mod shares;
 
 pub use chain::{CallSession, Chain, PluginNote, RequestDecision};
 pub use host::HostServices;

@@ -454,6 +454,13 @@ async fn build(
         plugins.push(Arc::new(plugin));
     }
     digests.extend(tls_digests(&settings)?);
+    // The pool's size is fixed until a restart (the engine's); each agent's cap reloads.
+    let total = previous
+        .is_none()
+        .then_some(settings.host.max_instances as usize);
+    services
+        .shares
+        .configure(total, settings.limits.instances_per_agent as usize);
     Ok(Runtime {
         tls,
         chain: Arc::new(Chain::new(plugins)),

@@ -67,6 +67,9 @@ pub struct Agent {
     pub owner: String,
     pub team: String,
     pub labels: Vec<(String, String)>,
+    /// Its own rate and concurrency limits (the host enforces them; plugins do not see them).
+    #[serde(skip)]
+    pub limits: palisade_store::AgentLimits,
 }
 
 /// The label under which plugins see the budgets the registry holds for an agent (set with
@@ -91,6 +94,7 @@ impl From<&palisade_store::Agent> for Agent {
             owner: a.owner.clone(),
             team: a.team.clone(),
             labels,
+            limits: a.limits,
         }
     }
 }
@@ -264,6 +268,11 @@ impl Registry {
                     models: a.models.clone(),
                     tools: a.tools.clone(),
                     budgets: a.budgets.clone(),
+                    limits: palisade_store::AgentLimits {
+                        rpm: a.limits.rpm,
+                        tpm: a.limits.tpm,
+                        concurrent: a.limits.concurrent,
+                    },
                 },
                 key_sha256: vec![hex::encode(a.key_sha256)],
             })

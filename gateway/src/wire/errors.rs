@@ -63,6 +63,9 @@ fn http_error(spec: &ErrorSpec<'_>, body: Value) -> Response<GatewayBody> {
     // The SDKs otherwise retry every 409, 429 and 5xx, including a budget already spent.
     let retry = if spec.retryable { "true" } else { "false" };
     h.insert("x-should-retry", HeaderValue::from_static(retry));
+    if let Some(secs) = spec.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     r
 }
 

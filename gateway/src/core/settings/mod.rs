@@ -3,6 +3,7 @@
 //! form the gateway runs on (paths made absolute, defaults filled, keys hashed).
 
 pub mod approvals;
+pub mod limits;
 pub mod mcp;
 pub mod providers;
 pub mod server;
@@ -74,6 +75,9 @@ pub struct RawConfig {
     /// `[approvals]`: holding calls for human approval.
     #[serde(default)]
     pub approvals: approvals::RawApprovals,
+    /// `[limits]`: rate and concurrency limits, fair shares, MCP caps.
+    #[serde(default)]
+    pub limits: limits::RawLimits,
 }
 
 /// `[chain]`: the delegation chain token.
@@ -230,6 +234,9 @@ pub struct RawAgent {
     pub tools: Vec<String>,
     #[serde(default)]
     pub budgets: toml::Table,
+    /// Rate and concurrency limits of this agent (`{ rpm, tpm, concurrent }`).
+    #[serde(default)]
+    pub limits: limits::RawLimitSet,
     /// Refuse calls without a `palisade-chain` token (agents only ever invoked by others).
     #[serde(default)]
     pub require_chain: bool,
@@ -304,6 +311,7 @@ pub struct Settings {
     pub prices: BTreeMap<String, Price>,
     pub mcp: mcp::McpSettings,
     pub approvals: approvals::ApprovalSettings,
+    pub limits: limits::LimitSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +360,7 @@ pub struct AgentSettings {
     pub models: Vec<String>,
     pub tools: Vec<String>,
     pub budgets: serde_json::Value,
+    pub limits: limits::LimitSet,
     pub require_chain: bool,
     pub key_sha256: [u8; 32],
 }
@@ -538,6 +547,8 @@ impl Settings {
             };
             let budgets = serde_json::to_value(&a.budgets)
                 .map_err(|e| invalid(format!("agent '{}' budgets: {e}", a.id)))?;
+            let agent_limits = limits::check_set(&format!("agent '{}' limits", a.id), a.limits)
+                .map_err(invalid)?;
             agents.push(AgentSettings {
                 name: a.name.unwrap_or_else(|| a.id.clone()),
                 description: a.description,
@@ -545,6 +556,7 @@ impl Settings {
                 models: a.models,
                 tools: a.tools,
                 budgets,
+                limits: agent_limits,
                 require_chain: a.require_chain,
                 id: a.id,
                 owner: a.owner,
@@ -660,9 +672,11 @@ impl Settings {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let server = server::resolve(&raw.server, &resolve).map_err(invalid)?;
         let mcp = mcp::resolve(raw.mcp, raw.mcp_servers, &resolve).map_err(invalid)?;
+        let limits = limits::resolve(raw.limits, host.max_instances).map_err(invalid)?;
         Ok(Settings {
             server,
             mcp,
+            limits,
             approvals,
             chain,
             prices: raw.prices,

@@ -95,12 +95,13 @@ pub struct Leased {
     releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// What a settlement charges a counter of `unit`.
-fn spend_in(unit: palisade_store::Unit, micro_usd: u64, tokens: u64) -> u64 {
-    match unit {
-        palisade_store::Unit::MicroUsd => micro_usd,
-        palisade_store::Unit::Tokens => tokens,
-    }
+/// Why a reservation in store terms was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// This limit would have been passed (the store's figures).
+    Exceeded(palisade_store::Exceeded),
+    /// The store could not be reached.
+    Unavailable(String),
 }
 
 /// Per call, the amounts by counter (amounts on the same counter summed, the lowest limit).
@@ -161,15 +162,14 @@ impl Leased {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wanted(amounts: &[Amount], now: i64) -> Wanted {
+    fn wanted(amounts: &[palisade_store::Amount], now: i64) -> Wanted {
         let mut w = Wanted::new();
         for a in amounts {
-            let window = window_to_store(a.window);
             let key = CounterKey {
                 scope: a.scope.clone(),
-                unit: unit_to_store(a.unit),
-                window,
-                window_start: palisade_store::ledger::window_start(window, now),
+                unit: a.unit,
+                window: a.window,
+                window_start: palisade_store::ledger::window_start(a.window, now),
             };
             let e = w.entry(key).or_insert((0, u64::MAX));
             e.0 = e.0.saturating_add(a.amount);
@@ -212,8 +212,29 @@ impl Leased {
         Ok(id)
     }
 
-    /// Hold every amount or none.
+    /// Hold every amount or none (the plugins' `reserve`).
     pub async fn reserve(&self, amounts: &[Amount]) -> Result<u64, ReserveError> {
+        let amounts: Vec<palisade_store::Amount> = amounts.iter().map(to_store_amount).collect();
+        match self.reserve_counters(&amounts).await {
+            Ok(id) => Ok(id),
+            Err(Refused::Exceeded(e)) => Err(ReserveError::Exceeded(Exceeded {
+                scope: e.scope,
+                unit: super::unit_from_store(e.unit),
+                window: super::window_from_store(e.window),
+                spent: e.spent,
+                reserved: e.reserved,
+                limit: e.limit,
+            })),
+            Err(Refused::Unavailable(m)) => Err(ReserveError::Unavailable(m)),
+        }
+    }
+
+    /// Hold every amount or none, in the store's terms (any unit and window, the host's own
+    /// rate and concurrency limits included).
+    pub async fn reserve_counters(
+        &self,
+        amounts: &[palisade_store::Amount],
+    ) -> Result<u64, Refused> {
         let now = self.now();
         let wanted = Self::wanted(amounts, now);
         for _ in 0..3 {
@@ -265,9 +286,7 @@ impl Leased {
                 Err(e) => {
                     self.unfreeze(&pending);
                     drop(ops);
-                    return Err(ReserveError::Unavailable(format!(
-                        "ledger unavailable: {e}"
-                    )));
+                    return Err(Refused::Unavailable(format!("ledger unavailable: {e}")));
                 }
             };
             let scarce = report
@@ -286,12 +305,11 @@ impl Leased {
     /// Reserve in the store itself, exact: near a limit, or when leases keep racing.
     async fn direct(
         &self,
-        amounts: &[Amount],
+        amounts: &[palisade_store::Amount],
         wanted: &Wanted,
         now: i64,
-    ) -> Result<u64, ReserveError> {
-        let amounts: Vec<palisade_store::Amount> = amounts.iter().map(to_store_amount).collect();
-        match self.store.reserve_at(&amounts, now, self.ttl()).await {
+    ) -> Result<u64, Refused> {
+        match self.store.reserve_at(amounts, now, self.ttl()).await {
             Ok(Reservation::Held(sid)) => {
                 let mut st = self.lock();
                 st.next_id += 1;
@@ -300,19 +318,10 @@ impl Leased {
                 st.open.insert(id, Open::Direct(sid, holds));
                 Ok(id)
             }
-            Ok(Reservation::Exceeded(e)) => Err(ReserveError::Exceeded(Exceeded {
-                scope: e.scope,
-                unit: super::unit_from_store(e.unit),
-                window: super::window_from_store(e.window),
-                spent: e.spent,
-                reserved: e.reserved,
-                limit: e.limit,
-            })),
+            Ok(Reservation::Exceeded(e)) => Err(Refused::Exceeded(e)),
             Err(e) => {
                 tracing::warn!("ledger reserve failed: {e}");
-                Err(ReserveError::Unavailable(format!(
-                    "ledger unavailable: {e}"
-                )))
+                Err(Refused::Unavailable(format!("ledger unavailable: {e}")))
             }
         }
     }
@@ -400,7 +409,7 @@ impl Leased {
                 let mut st = self.lock();
                 let mut over = false;
                 for (k, amount) in holds {
-                    let spend = spend_in(k.unit, micro_usd, tokens);
+                    let spend = k.unit.charge(amount, micro_usd, tokens);
                     over |= spend > amount;
                     let c = st.counters.entry(k).or_default();
                     c.reserved = c.reserved.saturating_sub(amount);
@@ -423,7 +432,7 @@ impl Leased {
                 let mut st = self.lock();
                 let mut over = false;
                 for (k, amount) in holds {
-                    let spend = spend_in(k.unit, micro_usd, tokens);
+                    let spend = k.unit.charge(amount, micro_usd, tokens);
                     if spend > amount {
                         over = true;
                         if let Some(c) = st.counters.get_mut(&k) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use palisade_store::Store;
 
 use crate::plugins::bindings::{Amount, ReserveError, Unit, Window};
-pub use lease::{LeaseJournal, Leased};
+pub use lease::{LeaseJournal, Leased, Refused};
 pub use memory::{MemoryLedger, window_start};
 
 /// How long a lease or a direct reservation holds without renewal: a replica renews its own
@@ -39,7 +39,10 @@ fn unit_to_store(u: Unit) -> palisade_store::Unit {
 fn unit_from_store(u: palisade_store::Unit) -> Unit {
     match u {
         palisade_store::Unit::MicroUsd => Unit::MicroUsd,
-        palisade_store::Unit::Tokens => Unit::Tokens,
+        // Requests and calls in flight are the host's own limits; plugins never reserve them.
+        palisade_store::Unit::Tokens
+        | palisade_store::Unit::Requests
+        | palisade_store::Unit::Calls => Unit::Tokens,
     }
 }
 
@@ -54,6 +57,9 @@ fn window_to_store(w: Window) -> palisade_store::Window {
 
 fn window_from_store(w: palisade_store::Window) -> Window {
     match w {
+        // Plugins cannot name minute windows (the WIT has none); only the host's own rate
+        // limits use them, and they never come back through the plugins' `reserve`.
+        palisade_store::Window::Minute => Window::Hour,
         palisade_store::Window::Hour => Window::Hour,
         palisade_store::Window::Day => Window::Day,
         palisade_store::Window::Month => Window::Month,

@@ -201,6 +201,13 @@ async fn answer(ctx: &Ctx<'_>, method: &str, id: &Value, params: Value) -> (Valu
     let token = ctx.gw.chain_keys(ctx.rt).sign(&run);
     life.draft.event.run_id = run.run_id.clone();
     life.draft.event.chain = run.agents.clone();
+    // A use counts against the rate and concurrency limits (no tokens); a refusal is
+    // answered 429 with `Retry-After` (`jsonrpc::reply`).
+    if !lists && let Err(e) = life.admit(ctx.rt, ctx.agent, None).await {
+        let (_, msg) = jsonrpc::call_error(id, &e);
+        let _ = life.finish(Ending::failed(&e, no_usage())).await;
+        return (msg, Some(token));
+    }
     let call = wit_call(ctx, &run, lists);
     let mut out = Out::default();
     let draft = &mut life.draft;
@@ -364,7 +371,7 @@ async fn list(ctx: &Ctx<'_>, id: &Value, call: Call, l: Listing, out: &mut Out) 
         })
         .collect();
     let total = items.len();
-    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let mut session = ctx.rt.chain.session_of(ctx.request_id, &ctx.agent.id);
     let facts = |shown| Facts {
         method: l.method(),
         server: None,
@@ -456,7 +463,7 @@ async fn complete_ref(
         name: Item::policy_name(listing, &name),
         description: String::new(),
     };
-    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let mut session = ctx.rt.chain.session_of(ctx.request_id, &ctx.agent.id);
     let visible = match session.filter_tools(&call, vec![shown]).await {
         Ok(kept) => !kept.is_empty(),
         Err(e) => {
@@ -584,12 +591,13 @@ async fn use_item(
     };
 
     // The plugin chain, request side.
-    let mut session = ctx.rt.chain.session(ctx.request_id.clone());
+    let mut session = ctx.rt.chain.session_of(ctx.request_id, &ctx.agent.id);
     // A hold waits for its approval; once approved this call holds the one claim to run it,
     // and the chain goes on after the holding plugin.
     let mut claim = None;
     let decision = match session.on_request(&mut call).await {
         Err(CallError::ApprovalRequired { plugin, hold }) => {
+            session.park();
             match gated(ctx, &call, &plugin, &hold).await {
                 Ok(Gated::Proceed(c)) => {
                     claim = Some(c);

@@ -123,6 +123,10 @@ async fn session_of(
         }
         _ => None,
     };
+    if let Some(s) = &live {
+        let max = rt.settings.limits.mcp_sessions_per_agent;
+        gw.mcp_caps.touch_session(agent, &s.nonce, max);
+    }
     live.ok_or_else(|| {
         let msg = error(
             &Value::Null,
@@ -346,7 +350,8 @@ async fn post(
         };
         call::dispatch(&ctx, &method, &id, params).await
     };
-    let mut r = answer(StatusCode::OK, &reply, sse);
+    // A limit's refusal goes out as 429 with `Retry-After`; every other answer as 200.
+    let mut r = jsonrpc::reply(&reply, sse);
     if let Some(v) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
         r.headers_mut().insert(crate::chain::HEADER, v);
     }
@@ -475,6 +480,16 @@ fn initialize(
         .unwrap_or(HANDSHAKE_VERSIONS[0]);
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
     let s = Session::new(agent, version, now);
+    let caps = &rt.settings.limits;
+    let opened = gw.mcp_caps.open_session(
+        agent,
+        &s.nonce,
+        caps.mcp_sessions_per_agent,
+        caps.mcp_session_idle,
+    );
+    if let Err(e) = opened {
+        return limited(gw, id, &e, sse);
+    }
     let keys = gw.mcp_session_keys(rt);
     let sealed = s.seal(&keys[0]);
     let result = json!({
@@ -507,12 +522,21 @@ async fn delete(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
                 tracing::warn!("MCP session ended on this replica only: {e}");
             }
             hub.end_session(&s.nonce).await;
+            gw.mcp_caps.end_session(&agent.id, &s.nonce);
             let mut r = Response::new(GatewayBody::full(""));
             *r.status_mut() = StatusCode::OK;
             r
         }
         Err(r) => *r,
     }
+}
+
+/// A per-agent cap's refusal: counted, and answered 429 with `Retry-After`.
+fn limited(gw: &Gateway, id: &Value, e: &CallError, sse: bool) -> Response<GatewayBody> {
+    if let CallError::Limited { limit, .. } = e {
+        gw.metrics.limit_refused(limit.label(), "agent");
+    }
+    jsonrpc::reply(&call_error(id, e).1, sse)
 }
 
 /// How often a session's event stream looks for a reload or an ended session.
@@ -548,9 +572,16 @@ async fn listen(gw: &Arc<Gateway>, parts: Parts) -> Response<GatewayBody> {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    // The stream's place among the agent's open ones, freed when the stream task ends.
+    let max = rt.settings.limits.mcp_streams_per_agent;
+    let slot = match gw.mcp_caps.open_stream(&agent.id, max) {
+        Ok(slot) => slot,
+        Err(e) => return limited(gw, &Value::Null, &e, false),
+    };
     let (tx, body) = GatewayBody::channel(16);
     let gw = gw.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut changes = hub.changes.subscribe();
         let mut tick = tokio::time::interval(LISTEN_TICK);
         let mut idle = 0u32;
