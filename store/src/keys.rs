@@ -322,6 +322,21 @@ impl Store {
         }))
     }
 
+    /// The hashes of every key that may still authenticate (not revoked, or revoked later than
+    /// now: a rotation's grace), for a gateway's directory of known keys.
+    pub async fn live_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let hashes: Vec<String> = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT key_hash FROM agent_keys WHERE revoked_at IS NULL OR revoked_at > $1",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(hashes)
+    }
+
     /// Record that a key was used at `at` (unix ms); never moves the time backwards.
     pub async fn touch_key_used(&self, key_id: &str, at: i64) -> Result<(), StoreError> {
         on_pool!(self, |pool| {

@@ -9,10 +9,12 @@
 //! The cache is a bounded LRU ([`CACHE_MAX`] keys; the least recently used goes first, so a
 //! flood of random keys cannot evict the working set all at once). A key the store does not
 //! know is remembered as unknown for [`NEGATIVE_TTL`] (a second LRU), so an agent retrying a
-//! revoked or mistyped key costs no store lookup; lookups of keys never seen before run at most
-//! [`MISS_LOOKUPS`] at a time, so a flood of random keys queues here instead of filling the
-//! database pool. Failed authentications are counted ([`failures::AuthFailures`]) rather
-//! than audited one row each.
+//! revoked or mistyped key costs no store lookup. A key never seen before is first checked
+//! against a directory of every live key's hash (read from the store at most once per
+//! [`DIRECTORY_TTL`], and at once after a change made here): a key not in it is refused with no
+//! store lookup, so a flood of random keys costs one directory read a second, not one lookup
+//! each. Lookups of keys in the directory run at most [`MISS_LOOKUPS`] at a time. Failed
+//! authentications are counted ([`failures::AuthFailures`]) rather than audited one row each.
 
 pub mod failures;
 
@@ -37,6 +39,28 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 pub const NEGATIVE_MAX: usize = 100_000;
 /// Store lookups of uncached keys running at once, at most.
 pub const MISS_LOOKUPS: usize = 8;
+/// How long the directory of live key hashes is trusted: a key created through another
+/// replica works here after at most this long.
+pub const DIRECTORY_TTL: Duration = Duration::from_secs(1);
+
+/// Every live key's hash, as last read from the store.
+#[derive(Default)]
+struct Directory {
+    hashes: std::collections::HashSet<String>,
+    read_at: Option<Instant>,
+}
+
+impl Directory {
+    /// `Some(known)` while the directory is fresh enough to answer.
+    fn answer(&self, hash: &str) -> Option<bool> {
+        if self.hashes.contains(hash) {
+            return Some(true);
+        }
+        self.read_at
+            .filter(|t| t.elapsed() < DIRECTORY_TTL)
+            .map(|_| false)
+    }
+}
 
 type Flights = Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Found>>>>;
 
@@ -113,6 +137,9 @@ pub struct Registry {
     misses: tokio::sync::Semaphore,
     /// Store lookups under way, by key hash, so concurrent requests with one key share one.
     flights: Flights,
+    directory: Mutex<Directory>,
+    /// One directory read at a time; the others wait for it and use what it read.
+    reading: tokio::sync::Mutex<()>,
     failures: Arc<failures::AuthFailures>,
 }
 
@@ -124,6 +151,8 @@ impl Registry {
             unknown: Mutex::new(LruCache::new(NEGATIVE_MAX)),
             misses: tokio::sync::Semaphore::new(MISS_LOOKUPS),
             flights: Mutex::new(std::collections::HashMap::new()),
+            directory: Mutex::new(Directory::default()),
+            reading: tokio::sync::Mutex::new(()),
             failures: Arc::new(failures::AuthFailures::default()),
         }
     }
@@ -140,6 +169,33 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.dir().read_at = None;
+    }
+
+    fn dir(&self) -> std::sync::MutexGuard<'_, Directory> {
+        self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a key with this hash may exist: from the directory, read again when stale.
+    async fn may_exist(&self, hash: &str) -> Result<bool, CallError> {
+        if let Some(known) = self.dir().answer(hash) {
+            return Ok(known);
+        }
+        let _one = self.reading.lock().await;
+        // Another request may have read it while this one waited.
+        if let Some(known) = self.dir().answer(hash) {
+            return Ok(known);
+        }
+        self.failures.looked_up();
+        let hashes = self
+            .store
+            .live_key_hashes()
+            .await
+            .map_err(|e| CallError::Internal(format!("agent registry unavailable: {e}")))?;
+        let mut d = self.dir();
+        d.hashes = hashes.into_iter().collect();
+        d.read_at = Some(Instant::now());
+        Ok(d.hashes.contains(hash))
     }
 
     /// Store lookups made for keys since start (cache misses), for tests and `/metrics`.
@@ -205,6 +261,11 @@ impl Registry {
             .map_err(|_| CallError::Internal("agent registry closed".into()))?;
         if let Some(found) = self.cached(hash) {
             return Ok(found);
+        }
+        // Not even in the directory: unknown, without a lookup (and without filling the
+        // negative cache with a flood's keys).
+        if !self.may_exist(hash).await? {
+            return Ok(None);
         }
         self.failures.looked_up();
         let found = self
