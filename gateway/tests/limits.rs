@@ -132,6 +132,23 @@ async fn two_replicas_on_postgres_hold_a_tokens_per_minute_limit() {
     assert_eq!(a.chat(SUPPORT_KEY, &body).await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_larger_than_the_tokens_per_minute_limit_is_refused_for_good_not_429() {
+    let gw = TestGateway::start_full(Db::Sqlite, &[], "", false, "[limits]\ntpm = 50\n").await;
+    let big = json!({"model": "gpt-4o-mini", "max_tokens": 1,
+                     "messages": [{"role": "user", "content": "word ".repeat(400)}]});
+    let r = gw.chat(SUPPORT_KEY, &big).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert!(r.message().contains("tokens-per-minute"), "{}", r.json);
+    // A call that fits is served: nothing of the refused one was held.
+    assert_eq!(
+        gw.chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "hi"))
+            .await
+            .status,
+        200
+    );
+}
+
 /// A streamed call whose response head has arrived, its body left unread until asked.
 struct Open {
     status: u16,

@@ -174,6 +174,27 @@ async fn slow_headers_are_cut_and_the_cap_bounds_sockets_while_others_are_served
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loopback_metrics_stay_closed_to_what_a_proxy_forwards() {
+    // Nothing set and a loopback listener: open to this machine, as the demo needs...
+    let gw = TestGateway::start(&[], "").await;
+    let (status, _, _) = gw.request("GET", "/metrics", None, Bytes::new()).await;
+    assert_eq!(status, 200);
+    // ...but nginx on the same machine forwards the world's requests from loopback.
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let (status, _, body) = gw
+            .request_with(
+                "GET",
+                "/metrics",
+                None,
+                Bytes::new(),
+                &[(header, "203.0.113.9")],
+            )
+            .await;
+        assert_eq!(status, 401, "{header}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_want_their_token() {
     let token = "metrics-token-0123456789";
     let extra = format!("server.metrics_token = \"{token}\"\n");
@@ -466,6 +487,73 @@ async fn an_http1_client_that_stops_reading_is_cut_and_its_connection_closed() {
         !String::from_utf8_lossy(&rest).contains("data: [DONE]"),
         "the stream did not pass as complete"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_keeps_its_window_shut_does_not_pin_the_connection() {
+    let gw = TestGateway::start_full(
+        common::Db::Sqlite,
+        &[],
+        "",
+        false,
+        "server.write_timeout_ms = 300\n",
+    )
+    .await;
+    let before = gw.gw.metrics.connections_open();
+    // No key needed: a window of 0 means the gateway may send headers but never a byte of
+    // body, and the client still answers pings, so nothing at the socket ever blocks.
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/health", gw.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.expect("the head is sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.gw.metrics.connections_open(), before + 1);
+    // The body can never be taken: the gateway ends the connection after the write timeout.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the connection is still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    drop(resp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.gw.metrics.connections_open() > before {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still counts it open"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_sends_http2_clients_away_before_it_cuts() {
+    let gw = TestGateway::start(&[], "").await;
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let resp = send
+        .send_request(chat_request(gw.addr, &chat_body("m", "before")))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+    // The deploy starts: the idle keep-alive connection gets GOAWAY and ends at once, long
+    // before the drain would cut anything.
+    gw.gw.drain.start_draining();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the connection ends when the drain starts")
+        .expect("task")
+        .expect("a graceful end (GOAWAY)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

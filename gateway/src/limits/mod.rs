@@ -162,6 +162,22 @@ pub async fn admit(
             id,
             done: false,
         })),
+        Err(Refused::Exceeded(e))
+            if matches!(e.unit, Unit::Tokens) && tokens.is_some_and(|t| t > e.limit) =>
+        {
+            // No minute will ever have room for it: retrying cannot help, so not a 429.
+            metrics.limit_refused(Limit::Tpm.label(), scope_kind(&e.scope));
+            Err(CallError::bad_request(
+                "invalid_request",
+                format!(
+                    "this call's input (about {} tokens) is larger than the tokens-per-minute \
+                     limit of {} ({}): it can never be admitted; send less",
+                    tokens.unwrap_or(0),
+                    e.limit,
+                    who(&e.scope)
+                ),
+            ))
+        }
         Err(Refused::Exceeded(e)) => {
             let (limit, retry_after) = match e.unit {
                 Unit::Requests => (Limit::Rpm, until_next_minute(leased.now_ms())),

@@ -114,7 +114,15 @@ pub fn result_of(server: &str, msg: Value) -> Result<Value, UpstreamError> {
                 .and_then(Value::as_str)
                 .unwrap_or("error")
                 .to_string(),
-            data: e.get("data").cloned(),
+            // `retry_after` in an error's data is how a Palisade limit's refusal becomes HTTP
+            // 429 (`jsonrpc::reply`): an upstream's own is dropped, so a server cannot make the
+            // gateway answer 429 with a Retry-After of its choosing.
+            data: e.get("data").cloned().map(|mut d| {
+                if let Some(o) = d.as_object_mut() {
+                    o.remove("retry_after");
+                }
+                d
+            }),
         });
     }
     match msg {
@@ -623,5 +631,17 @@ mod tests {
                 json!(1)
             ]
         );
+    }
+
+    #[test]
+    fn an_upstream_error_cannot_ask_for_a_429() {
+        let msg = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000,
+            "message": "slow down", "data": {"retry_after": 86400, "hint": "kept"}}});
+        match result_of("crm", msg) {
+            Err(UpstreamError::Rpc { data: Some(d), .. }) => {
+                assert_eq!(d, json!({"hint": "kept"}));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -254,6 +254,12 @@ impl Registry {
     }
 
     async fn lookup_store(&self, key: &str, hash: &str) -> Result<Found, CallError> {
+        // Not even in the directory: unknown, without a lookup (and without filling the
+        // negative cache with a flood's keys). Checked before queueing for a lookup, so known
+        // keys whose cache entry aged never wait behind a flood.
+        if !self.may_exist(hash).await? {
+            return Ok(None);
+        }
         let _turn = self
             .misses
             .acquire()
@@ -261,11 +267,6 @@ impl Registry {
             .map_err(|_| CallError::Internal("agent registry closed".into()))?;
         if let Some(found) = self.cached(hash) {
             return Ok(found);
-        }
-        // Not even in the directory: unknown, without a lookup (and without filling the
-        // negative cache with a flood's keys).
-        if !self.may_exist(hash).await? {
-            return Ok(None);
         }
         self.failures.looked_up();
         let found = self

@@ -14,11 +14,20 @@
 //! 4. **Deadlines this driver keeps** for both versions: a first request within
 //!    `header_timeout` of the accept, and no request in flight for `idle_timeout` ends the
 //!    connection gracefully. A response body counts as in flight until it is sent or dropped.
+//! 5. **Responses that stop moving**: a body with data ready that hyper has not taken for
+//!    `write_timeout` (an HTTP/2 client that keeps its flow-control window shut never blocks a
+//!    socket write, and answers pings, so neither 1. nor keep-alive notices it) ends the whole
+//!    connection; its calls end as `client_closed`. A body waiting for its upstream is not
+//!    stalled: only data the client does not take counts ([`Owed`]).
+//! 6. **Drain**: when the gateway starts draining, the connection is shut down gracefully
+//!    (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in flight), so keep-alive clients
+//!    move to another replica instead of sending calls that the drain would cut.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,25 +124,27 @@ pub async fn serve(
     let activity = Activity::new();
     let seen = activity.clone();
     let endpoints = (shell.endpoints, shell.metrics_open);
+    let drain = gw.drain.clone();
     let svc = service_fn(move |req| {
         let gw = gw.clone();
         let busy = seen.begin();
         async move {
             let resp = super::detached(gw, req, endpoints).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+            Ok::<_, std::convert::Infallible>(resp.map(|body| busy.track(body)))
         }
     });
     let conn = shell.builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    let draining = drain.draining_signal();
+    tokio::pin!(draining);
     let mut changes = activity.subscribe();
     let mut closing = false;
     loop {
-        let deadline = activity.deadline(accepted, shell.header_timeout, shell.idle_timeout);
-        let wait = async {
-            match deadline {
-                Some(at) if !closing => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
-            }
+        let idle = activity.deadline(accepted, shell.header_timeout, shell.idle_timeout);
+        // While requests are in flight, look at their bodies once per write timeout.
+        let at = match idle {
+            Some(at) if !closing => at,
+            _ => Instant::now() + shell.write_timeout,
         };
         tokio::select! {
             r = conn.as_mut() => {
@@ -143,7 +154,21 @@ pub async fn serve(
                 return;
             }
             _ = changes.changed() => {}
-            () = wait => {
+            () = &mut draining, if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(at) => {
+                if activity.stalled(shell.write_timeout) {
+                    tracing::debug!(
+                        "a response was not taken for {} ms (the client stopped reading); closing",
+                        shell.write_timeout.as_millis()
+                    );
+                    return;
+                }
+                if idle.is_none() || closing {
+                    continue;
+                }
                 if !activity.seen_request() {
                     // Not even one request's headers in time: close without ceremony.
                     tracing::debug!("no request within the header timeout; closing");
@@ -164,6 +189,8 @@ struct Activity {
 
 struct ActivityInner {
     in_flight: AtomicUsize,
+    /// The response bodies in flight, each with when it last had data hyper did not take.
+    bodies: Mutex<Vec<Weak<Owed>>>,
     /// Bumped on every start and end, with the instant the connection last became idle
     /// (`None` before the first request).
     changed: watch::Sender<Option<Instant>>,
@@ -174,6 +201,7 @@ impl Activity {
         Activity {
             inner: Arc::new(ActivityInner {
                 in_flight: AtomicUsize::new(0),
+                bodies: Mutex::new(Vec::new()),
                 changed: watch::Sender::new(None),
             }),
         }
@@ -194,6 +222,18 @@ impl Activity {
         Busy(self.inner.clone())
     }
 
+    /// Whether a response body in flight has had data the client did not take for `limit`.
+    fn stalled(&self, limit: Duration) -> bool {
+        let now = Instant::now();
+        let mut bodies = self.inner.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|o| o.since())
+            .any(|since| now.saturating_duration_since(since) >= limit)
+    }
+
     /// When the connection should be closed if nothing changes: `None` while a request is in
     /// flight.
     fn deadline(&self, accepted: Instant, header: Duration, idle: Duration) -> Option<Instant> {
@@ -209,6 +249,76 @@ impl Activity {
 
 struct Busy(Arc<ActivityInner>);
 
+impl Busy {
+    /// The response's body, watched until it is sent or dropped.
+    fn track(self, body: GatewayBody) -> Tracked {
+        let owed = Arc::new(Owed::default());
+        // Hyper owes the first poll from now.
+        owed.mark();
+        self.0
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&owed));
+        Tracked {
+            body,
+            owed,
+            _busy: self,
+        }
+    }
+}
+
+/// When a body last had data for hyper that hyper did not take: set when the body hands out a
+/// frame (until hyper polls again) and when a body waiting for data is woken (its data is
+/// ready); cleared whenever hyper polls it. Nanoseconds since [`base`], plus one (0: nothing
+/// owed).
+#[derive(Default)]
+struct Owed(AtomicU64);
+
+/// The instant [`Owed`] counts from.
+fn base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+impl Owed {
+    fn mark(&self) {
+        let nanos = Instant::now().saturating_duration_since(base()).as_nanos();
+        let t = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
+        let _ = self
+            .0
+            .compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn clear(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+
+    fn since(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(base() + Duration::from_nanos(t - 1)),
+        }
+    }
+}
+
+/// Hyper's waker, marking the body's data as owed when the body wakes it.
+struct MarkOnWake {
+    owed: Arc<Owed>,
+    waker: Waker,
+}
+
+impl Wake for MarkOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.owed.mark();
+        self.waker.wake_by_ref();
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -219,6 +329,7 @@ impl Drop for Busy {
 /// A response body that keeps its request counted as in flight until it is done.
 pub struct Tracked {
     body: GatewayBody,
+    owed: Arc<Owed>,
     _busy: Busy,
 }
 
@@ -230,7 +341,17 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        self.owed.clear();
+        let waker = Waker::from(Arc::new(MarkOnWake {
+            owed: self.owed.clone(),
+            waker: cx.waker().clone(),
+        }));
+        let polled = Pin::new(&mut self.body).poll_frame(&mut Context::from_waker(&waker));
+        if let Poll::Ready(Some(_)) = &polled {
+            // Hyper owes the next poll.
+            self.owed.mark();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

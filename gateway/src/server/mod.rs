@@ -223,10 +223,15 @@ fn guarded_metrics(
     parts: &http::request::Parts,
     open: bool,
 ) -> Result<Response<GatewayBody>, CallError> {
-    if open {
+    let access = gw.policy.current().settings.server.metrics.clone();
+    // On loopback, a request a proxy forwarded (nginx on the same host) came from beyond it.
+    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| parts.headers.contains_key(*h));
+    if open && !(proxied && matches!(access, MetricsAccess::LoopbackOnly)) {
         return Ok(metrics(gw));
     }
-    match &gw.policy.current().settings.server.metrics {
+    match &access {
         MetricsAccess::Token(token) => {
             let given = crate::call::request::agent_key(&parts.headers).unwrap_or("");
             if constant_time_eq(given.as_bytes(), token.as_bytes()) {

@@ -237,6 +237,15 @@ impl Leased {
     ) -> Result<u64, Refused> {
         let now = self.now();
         let wanted = Self::wanted(amounts, now);
+        // Calls in flight are never spent, so a lease on them would only go back once this
+        // replica had no call in flight at all: a busy replica would keep its share of the
+        // limit for good while the others are refused. They are held in the store, exactly.
+        if amounts
+            .iter()
+            .any(|a| a.unit == palisade_store::Unit::Calls)
+        {
+            return self.direct(amounts, &wanted, now).await;
+        }
         for _ in 0..3 {
             let missing = match self.try_local(&wanted, now) {
                 Ok(id) => return Ok(id),
@@ -421,10 +430,16 @@ impl Leased {
                 Ok(())
             }
             Some(Open::Direct(sid, holds)) => {
-                self.store
-                    .settle(sid, micro_usd, tokens)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) = self.store.settle(sid, micro_usd, tokens).await {
+                    if e.is_transient() {
+                        // A database blip must not leave the hold to expire (a concurrency
+                        // place would stay taken for the TTL): try again in the background.
+                        self.retry_in_background(move |store| async move {
+                            store.settle(sid, micro_usd, tokens).await
+                        });
+                    }
+                    return Err(e.to_string());
+                }
                 // An overrun used headroom this replica's leases on the same counters may be
                 // counting on (the stream guard grows a call with further reservations, which
                 // can be leased, and charges the whole cost here): their next admission asks
@@ -462,20 +477,44 @@ impl Leased {
                 }
             }
             Some(Open::Direct(sid, _)) => {
-                let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                    return;
-                };
-                let store = self.store.clone();
-                let task = rt.spawn(async move {
-                    if let Err(e) = store.release(sid).await {
-                        tracing::warn!("ledger release of {sid} failed (it will expire): {e}");
-                    }
-                });
-                let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
-                releasing.retain(|t| !t.is_finished());
-                releasing.push(task);
+                self.retry_in_background(move |store| async move { store.release(sid).await });
             }
         }
+    }
+
+    /// Run a store write that ends a direct reservation in the background, trying again with
+    /// backoff (about 12 s in all) if the database fails, so a blip does not leave the hold
+    /// to expire with the TTL. [`Leased::close`] waits for these.
+    fn retry_in_background<F, Fut>(&self, op: F)
+    where
+        F: Fn(Store) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), palisade_store::StoreError>> + Send,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let task = rt.spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=5 {
+                match op(store.clone()).await {
+                    Ok(()) => return,
+                    // Only a failure of the database itself can pass (not "no such hold").
+                    Err(e) if attempt == 5 || !e.is_transient() => {
+                        tracing::warn!(
+                            "ledger write failed {attempt} times (the hold expires): {e}"
+                        );
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 3;
+                    }
+                }
+            }
+        });
+        let mut releasing = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        releasing.retain(|t| !t.is_finished());
+        releasing.push(task);
     }
 
     /// Settled spend of a scope in the current window, this replica's uncommitted part included.
