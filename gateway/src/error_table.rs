@@ -375,6 +375,10 @@ fn table() -> Vec<(CallError, Row)> {
             limited(Limit::McpStreams),
             row(429, "mcp_stream_limit", RATE, RATE, REFUSED, true),
         ),
+        (
+            limited(Limit::PluginInstances),
+            row(429, "plugin_instance_limit", RATE, RATE, REFUSED, true),
+        ),
     ]
 }
 

@@ -406,6 +406,62 @@ async fn an_agent_with_600_unread_streams_does_not_starve_another() {
     drop(held);
 }
 
+/// Two plugins through which every call goes, each keeping its instance for the call.
+const TWO_PII: &str = "[[plugins]]\nname = \"pii\"\npath = \"pii.wasm\"\n\
+                       [[plugins]]\nname = \"pii-again\"\npath = \"pii.wasm\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_agent_through_two_plugins_at_its_cap_do_not_block_each_other() {
+    // The reviewer's case: a pool of 4, a cap of 2, two plugins. Counted per instance and
+    // waited for one by one, two calls could each hold the first plugin's instance and wait
+    // for the second's until one failed after 2 s; now a call that holds an instance takes
+    // its next one at once. (The interleaving itself is pinned in `shares`' unit tests.)
+    let extra = "plugin_host.max_instances = 4\n[limits]\ninstances_per_agent = 2\n";
+    let gw = TestGateway::start_full(Db::Sqlite, &["pii"], TWO_PII, false, extra).await;
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let body = chat_body("gpt-4o-mini", "together");
+        let replies = join_all((0..4).map(|_| gw.chat(SUPPORT_KEY, &body))).await;
+        for r in &replies {
+            assert_eq!(r.status, 200, "round {round}: {}", r.json);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(gw.gw.services.shares.held_by("support-bot"), 0);
+    assert_eq!(gw.gw.services.shares.waiting(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_plugin_is_not_skipped_when_its_agents_share_is_spent() {
+    // `pii` fails open, and support-bot may hold one instance. Were a spent share a plugin
+    // fault, support-bot's second call would skip `pii` (its text unredacted) by keeping its
+    // first call's stream open; it is refused instead.
+    let plugins = format!("{PII}on_error = \"allow\"\n");
+    let extra = "plugin_host.max_instances = 2\n[limits]\ninstances_per_agent = 1\n";
+    let gw = TestGateway::start_full(Db::Sqlite, &["pii"], &plugins, false, extra).await;
+    let (stream, _) = open_stream(&gw, SUPPORT_KEY, 2000).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(gw.gw.services.shares.held_by("support-bot"), 1);
+    let r = gw
+        .chat(
+            SUPPORT_KEY,
+            &chat_body("gpt-4o-mini", "mail me at a@example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.json);
+    assert_eq!(r.code(), "plugin_instance_limit");
+    assert_eq!(retry_after(&r), 1);
+    assert!(r.message().contains("agent support-bot"), "{}", r.message());
+    // Another agent's call still has the pool's other instance.
+    let other = gw.chat(RESEARCH_KEY, &chat_body("gpt-4o-mini", "hi")).await;
+    assert_eq!(other.status, 200, "{}", other.json);
+    drop(stream);
+}
+
 const HOLD: &str = r#"
 [[plugins]]
 name = "approvals"

@@ -139,6 +139,9 @@ pub enum Limit {
     McpSessions,
     /// Open `GET /mcp` event streams of one agent.
     McpStreams,
+    /// Plugin instances: an agent's fair share of the pool, or the whole pool
+    /// (`crate::plugins::shares`). Fails the call closed, whatever the plugin's `on_error`.
+    PluginInstances,
 }
 
 impl Limit {
@@ -150,6 +153,7 @@ impl Limit {
             Limit::Concurrent => "concurrency_limit",
             Limit::McpSessions => "mcp_session_limit",
             Limit::McpStreams => "mcp_stream_limit",
+            Limit::PluginInstances => "plugin_instance_limit",
         }
     }
 
@@ -161,6 +165,7 @@ impl Limit {
             Limit::Concurrent => "concurrent",
             Limit::McpSessions => "mcp_sessions",
             Limit::McpStreams => "mcp_streams",
+            Limit::PluginInstances => "plugin_instances",
         }
     }
 
@@ -171,6 +176,7 @@ impl Limit {
             Limit::Concurrent => "calls in flight",
             Limit::McpSessions => "live MCP sessions",
             Limit::McpStreams => "open GET /mcp event streams",
+            Limit::PluginInstances => "plugin instances in use",
         }
     }
 }

@@ -6,9 +6,12 @@
 //! Verdicts: `allow` and `rewrite` go on (a rewrite replaces the body the next plugins and the
 //! upstream see), the last `route` wins, the first `deny` or `hold` stops the chain. A plugin
 //! that traps, runs out of time or memory fails the call closed, or is skipped for the rest of
-//! the call when configured `on_error = "allow"`; either way the notes say so for the audit.
+//! the call when configured `on_error = "allow"`; either way the notes say so for the audit. A
+//! call its agent's share of the plugin instances (`shares`) refuses fails closed whatever the
+//! plugin's `on_error`: the refusal is the agent's limit, not the plugin's fault.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
 use super::host::CallHolds;
@@ -62,6 +65,7 @@ impl Chain {
             instances: self.plugins.iter().map(|_| None).collect(),
             tickets: self.plugins.iter().map(|_| None).collect(),
             agent: Arc::from(""),
+            refused: false,
             skipped: vec![false; self.plugins.len()],
             request_id,
             notes: Vec::new(),
@@ -96,10 +100,13 @@ pub struct RequestDecision {
 pub struct CallSession {
     chain: Arc<Chain>,
     instances: Vec<Option<Instance>>,
-    /// Each checked-out instance's place in its agent's share (`shares`).
+    /// Each checked-out instance's place in its agent's share (`shares`): the first one the
+    /// call took admitted it, the others came with it.
     tickets: Vec<Option<Ticket>>,
     /// The agent whose share the instances count in ("" until [`CallSession::set_agent`]).
     agent: Arc<str>,
+    /// The agent's share refused the call an instance.
+    refused: bool,
     skipped: Vec<bool>,
     request_id: Arc<str>,
     pub notes: Vec<PluginNote>,
@@ -137,17 +144,52 @@ impl CallSession {
         self.agent = Arc::from(agent);
     }
 
+    /// Give plugin `i` its place in the agent's share of the instance pool, unless it has one.
+    /// The call's first instance waits for the share (up to [`shares::WAIT`]); the ones after
+    /// it count without waiting, since a call holding instances must not wait on its agent's
+    /// other calls. A refusal fails the call closed, even for an `on_error = "allow"` plugin:
+    /// otherwise an agent could make its own plugins be skipped by keeping streams open.
+    async fn admit(&mut self, i: usize, hook: &'static str) -> Result<(), CallError> {
+        if self.tickets[i].is_some() {
+            return Ok(());
+        }
+        let ticket = match self.tickets.iter().flatten().next() {
+            Some(held) => held.another(),
+            None => {
+                let shares = self.chain.plugins[i].services.shares.clone();
+                // Refused once, the call only has `on-complete` left: it does not wait again.
+                let wait = if self.refused {
+                    Duration::ZERO
+                } else {
+                    shares::WAIT
+                };
+                match shares.acquire(&self.agent, wait).await {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        self.refused = true;
+                        self.notes.push(PluginNote {
+                            plugin: self.chain.plugins[i].name.clone(),
+                            hook,
+                            verdict: "error".into(),
+                            annotations: Vec::new(),
+                            error: Some(format!("{}: {refused}", refused.code())),
+                        });
+                        return Err(refused);
+                    }
+                }
+            }
+        };
+        self.tickets[i] = Some(ticket);
+        Ok(())
+    }
+
+    /// Plugin `i`'s instance for this call, checked out on its first hook ([`Self::admit`]
+    /// first).
     async fn instance(&mut self, i: usize) -> Result<&mut Instance, PluginFault> {
         if self.instances[i].is_none() {
             let plugin = &self.chain.plugins[i];
-            let ticket = plugin
-                .services
-                .shares
-                .acquire(&self.agent, shares::WAIT)
-                .await?;
             let inst = plugin.checkout(&self.request_id, &self.holds).await?;
             self.instances[i] = Some(inst);
-            self.tickets[i] = Some(ticket);
         }
         match self.instances[i].as_mut() {
             Some(inst) => Ok(inst),
@@ -203,10 +245,10 @@ impl CallSession {
     /// Drop instances of plugins with no hook left after `done`.
     fn release_after(&mut self, remaining: Hooks) {
         for (i, p) in self.chain.plugins.iter().enumerate() {
-            if !p.hooks.intersects(remaining)
-                && let Some(inst) = self.instances[i].take()
-            {
-                p.checkin(inst);
+            if !p.hooks.intersects(remaining) {
+                if let Some(inst) = self.instances[i].take() {
+                    p.checkin(inst);
+                }
                 self.tickets[i] = None;
             }
         }
@@ -253,6 +295,7 @@ impl CallSession {
             .into_iter()
             .filter(|&i| i >= from)
         {
+            self.admit(i, "on-request").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_request(call).await,
                 Err(f) => Err(f),
@@ -301,6 +344,7 @@ impl CallSession {
         mut body: String,
     ) -> Result<String, CallError> {
         for i in self.due(Hooks::ON_RESPONSE) {
+            self.admit(i, "on-response").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_response(call, &body).await,
                 Err(f) => Err(f),
@@ -354,6 +398,7 @@ impl CallSession {
     ) -> Result<String, CallError> {
         let mut text = delta;
         for i in self.due(Hooks::ON_TEXT) {
+            self.admit(i, "on-text").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_text(call, &text, last).await,
                 Err(f) => Err(f),
@@ -369,6 +414,10 @@ impl CallSession {
     /// Run `on-complete`; failures are noted, never change the finished call.
     pub async fn on_complete(&mut self, call: &Call, usage: &Usage, status: &Completion) {
         for i in self.due(Hooks::ON_COMPLETE) {
+            // A refusal is noted; the finished call stands.
+            if self.admit(i, "on-complete").await.is_err() {
+                continue;
+            }
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_complete(call, usage, status).await,
                 Err(f) => Err(f),
@@ -387,6 +436,7 @@ impl CallSession {
         mut tools: Vec<Tool>,
     ) -> Result<Vec<Tool>, CallError> {
         for i in self.due(Hooks::FILTER_TOOLS) {
+            self.admit(i, "filter-tools").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.filter_tools(call, &tools).await,
                 Err(f) => Err(f),
