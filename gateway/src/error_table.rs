@@ -314,6 +314,13 @@ fn table() -> Vec<(CallError, Row)> {
             ),
         ),
         (
+            failed(PluginFault::Busy("all slots busy".into())),
+            by(
+                "pii",
+                row(500, "plugin_unavailable", SERVER, API, INTERNAL, true),
+            ),
+        ),
+        (
             upstream(400),
             row(400, "upstream_error", UP, INV, REFUSED, false),
         ),

@@ -216,6 +216,9 @@ pub enum PluginFault {
     Init(String),
     /// No instance could be made (pool exhausted, instantiation error).
     Unavailable(String),
+    /// Every instance slot stayed busy: the gateway is at capacity, not the plugin at fault,
+    /// so a plugin configured `on_error = "allow"` is not skipped for it (the call is refused).
+    Busy(String),
 }
 
 impl PluginFault {
@@ -226,7 +229,7 @@ impl PluginFault {
             PluginFault::Timeout(_) => "plugin_timeout",
             PluginFault::Memory(_) => "plugin_memory_exceeded",
             PluginFault::Init(_) => "plugin_init_failed",
-            PluginFault::Unavailable(_) => "plugin_unavailable",
+            PluginFault::Unavailable(_) | PluginFault::Busy(_) => "plugin_unavailable",
         }
     }
 }
@@ -245,6 +248,7 @@ impl std::fmt::Display for PluginFault {
             }
             PluginFault::Init(m) => write!(f, "init failed: {m}"),
             PluginFault::Unavailable(m) => write!(f, "could not be instantiated: {m}"),
+            PluginFault::Busy(m) => write!(f, "no instance free: {m}"),
         }
     }
 }
@@ -403,7 +407,9 @@ impl CallError {
                     // `init` will happen again on the same input.
                     .retryable(matches!(
                         fault,
-                        PluginFault::Timeout(_) | PluginFault::Unavailable(_)
+                        PluginFault::Timeout(_)
+                            | PluginFault::Unavailable(_)
+                            | PluginFault::Busy(_)
                     ))
             }
             CallError::UpstreamStatus { status, .. } => match *status {

@@ -203,7 +203,9 @@ impl CallSession {
         self.instances[i] = None;
         self.tickets[i] = None;
         self.skipped[i] = true;
-        let open = plugin.settings.on_error == OnError::Allow;
+        // A full engine is the gateway's capacity, not the plugin's fault: never skipped.
+        let open =
+            plugin.settings.on_error == OnError::Allow && !matches!(fault, PluginFault::Busy(_));
         tracing::warn!(
             plugin = &*plugin.name,
             request_id = &*self.request_id,

@@ -247,7 +247,7 @@ impl LoadedPlugin {
         let permit = tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| {
-                PluginFault::Unavailable(format!(
+                PluginFault::Busy(format!(
                     "all plugin instance slots busy for {} s (raise plugin_host.max_instances)",
                     SLOT_WAIT.as_secs()
                 ))
