@@ -1,7 +1,8 @@
 //! `palisade demo`: the mock upstream (an LLM provider and an MCP server) and the gateway, in
 //! this process, on the example config, and the calls agents and humans would make, each showing
 //! one failure the policy prevents: a forbidden model, a stolen key, a delegation loop, a provider
-//! outage, a hidden tool, an unapproved email, and the audit that shows it all. Every scene is a
+//! outage, a hidden tool, an unapproved email, a burst past a rate limit, and the audit that
+//! shows it all. Every scene is a
 //! real HTTP call over loopback through the real plugin chain, checked with `expect`.
 
 use std::net::SocketAddr;
@@ -255,6 +256,48 @@ async fn runaway(client: &Client2, gw: &Gateway) -> Result<(), DemoError> {
         "runaway agent",
         served > 0 && code == "budget_exceeded" && usd <= 0.25,
         || format!("{served} served, spent {usd}, {stop:?}"),
+    )
+}
+
+/// Scene 10: an agent's burst meets its requests-per-minute limit (burst-bot's `limits` in the
+/// example config): the calls past the limit get 429 with `Retry-After`, whichever replica
+/// they reach, and cost no plugin work or provider call.
+async fn flood(client: &Client2) -> Result<(), DemoError> {
+    say("10. A flood: burst-bot fires 25 calls at once against its limit of 10 a minute");
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}]});
+    let calls = (0..25).map(|_| {
+        let req = http::Request::post(format!("{}/v1/chat/completions", client.base));
+        client.send(req, "pk-demo-burst-bot", Bytes::from(body.to_string()))
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let (mut served, mut refused, mut retry) = (0, 0, None);
+    for a in answers {
+        let a = a?;
+        let code = serde_json::from_slice::<Value>(&a.body).ok().and_then(|v| {
+            v.pointer("/error/code")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        match (a.status, code.as_deref()) {
+            (200, _) => served += 1,
+            (429, Some("rate_limit_rpm")) => {
+                refused += 1;
+                retry = retry.or(a.header("retry-after"));
+            }
+            (s, c) => {
+                return expect("flood", false, || format!("unexpected answer {s} {c:?}"));
+            }
+        }
+    }
+    println!(
+        "   {served} served, {refused} refused with 429 rate_limit_rpm (Retry-After: {} s)",
+        retry.as_deref().unwrap_or("-")
+    );
+    // A burst across a minute's end may see two minutes' worth.
+    expect(
+        "flood",
+        served <= 20 && refused >= 5 && retry.is_some(),
+        || format!("{served} served, {refused} refused, retry-after {retry:?}"),
     )
 }
 
@@ -621,7 +664,9 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         || format!("{rows:?}"),
     )?;
 
-    say("10. The auditor asks: every agent and its owner, and support-bot's log for today");
+    flood(&client).await?;
+
+    say("11. The auditor asks: every agent and its owner, and support-bot's log for today");
     // The demo makes itself an auditor; in production: `palisade users create --role auditor`.
     let name = format!("demo-auditor-{:08x}", rand::random::<u32>());
     let auditor = gw

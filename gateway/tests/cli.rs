@@ -187,6 +187,7 @@ fn the_demo_runs_every_scene() {
             "== 8.",
             "== 9.",
             "== 10.",
+            "== 11.",
             "intact: true",
         ] {
             assert!(stdout.contains(scene), "{scene} missing:\n{stdout}");
