@@ -329,20 +329,29 @@ async fn refused_keys_are_counted_not_audited_and_cost_no_store_lookup_each() {
     );
 }
 
-/// An HTTP/2 connection in cleartext (prior knowledge) with a small flow-control window.
-async fn h2c(
+type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 connection in cleartext (prior knowledge), with the stream window given (`None`:
+/// hyper's default), and the task driving it (it ends when the gateway closes the connection).
+async fn h2(
     addr: std::net::SocketAddr,
-    window: u32,
-) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    window: Option<u32>,
+) -> (H2, tokio::task::JoinHandle<Result<(), hyper::Error>>) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(window)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(conn);
-    send
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(w) = window {
+        b.initial_stream_window_size(w);
+        if w > 0 {
+            b.initial_connection_window_size(w);
+        }
+    }
+    let (send, conn) = b.handshake(TokioIo::new(tcp)).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// An HTTP/2 connection in cleartext with a small flow-control window.
+async fn h2c(addr: std::net::SocketAddr, window: u32) -> H2 {
+    h2(addr, Some(window)).await.0
 }
 
 fn chat_request(addr: std::net::SocketAddr, body: &Value) -> http::Request<Full<Bytes>> {
@@ -502,13 +511,7 @@ async fn an_http2_client_that_keeps_its_window_shut_does_not_pin_the_connection(
     let before = gw.gw.metrics.connections_open();
     // No key needed: a window of 0 means the gateway may send headers but never a byte of
     // body, and the client still answers pings, so nothing at the socket ever blocks.
-    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2(gw.addr, Some(0)).await;
     let req = http::Request::get(format!("http://{}/health", gw.addr))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -534,12 +537,7 @@ async fn an_http2_client_that_keeps_its_window_shut_does_not_pin_the_connection(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_sends_http2_clients_away_before_it_cuts() {
     let gw = TestGateway::start(&[], "").await;
-    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2(gw.addr, None).await;
     let resp = send
         .send_request(chat_request(gw.addr, &chat_body("m", "before")))
         .await
@@ -566,12 +564,7 @@ async fn an_idle_http2_connection_is_closed() {
         "server.idle_timeout_ms = 300\n",
     )
     .await;
-    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2(gw.addr, None).await;
     let resp = send
         .send_request(chat_request(gw.addr, &chat_body("m", "once")))
         .await

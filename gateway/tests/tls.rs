@@ -8,36 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::pki::{Pki, pki};
 use common::{SUPPORT_KEY, TestGateway, chat_body};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A CA, and a certificate for `localhost` it issued.
-struct Pki {
-    ca_pem: String,
-    cert: CertificateDer<'static>,
-    key: Vec<u8>,
-}
-
-fn pki(name: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("server cert");
-    Pki {
-        ca_pem: ca_cert.pem(),
-        cert: cert.der().clone(),
-        key: key.serialize_der(),
-    }
-}
 
 /// Terminate TLS with `pki`'s certificate and pass the bytes on to `target`.
 async fn tls_front(pki: &Pki, target: SocketAddr) -> u16 {
@@ -48,8 +23,8 @@ async fn tls_front(pki: &Pki, target: SocketAddr) -> u16 {
     .expect("versions")
     .with_no_client_auth()
     .with_single_cert(
-        vec![pki.cert.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key.clone())),
+        vec![pki.cert_der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
     )
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::pki::{Pki, pki};
 use common::{ADMIN_TOKEN, SUPPORT_KEY, TestGateway, chat_body, write_atomic};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,34 +17,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A CA, and a certificate for `localhost` it issued, as PEM.
-struct Pki {
-    ca_pem: String,
-    ca_der: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pki(name: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca_cert = ca.self_signed(&ca_key).expect("CA cert");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("server cert");
-    Pki {
-        ca_pem: ca_cert.pem(),
-        ca_der: ca_cert.der().clone(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
 
 fn client_config(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

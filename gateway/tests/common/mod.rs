@@ -3,6 +3,8 @@
 //! file or a fresh PostgreSQL schema.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
