@@ -3,7 +3,8 @@
 //! the operator's `instances = "fresh"` overrides that, and a plugin built against the 0.1.0
 //! contract, which cannot even import the declaration, still loads with a fresh instance per
 //! call. Counting is done by the plugins themselves (` #n` appended to the message, `n` the calls
-//! their instance has seen), so reuse is observed, not assumed.
+//! their instance has seen), so reuse is observed, not assumed. And a full engine fails a call
+//! closed rather than skip a fail-open plugin (load must not switch `pii` off).
 
 mod common;
 
@@ -189,4 +190,32 @@ async fn an_instance_left_mid_hook_by_a_cancelled_call_is_not_reused() {
             .await;
         assert_eq!(r.status, 200, "{}", r.json);
     }
+}
+
+/// A full engine is the gateway's capacity, not a plugin's fault: a plugin configured
+/// `on_error = "allow"` that cannot get an instance slot is not skipped, the call is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_engine_does_not_skip_a_fail_open_plugin() {
+    // One slot, fresh instances (none kept idle): model-allow's instance holds the slot until
+    // the request side is done, so pii (after it in the chain) never gets one.
+    let toml = "[[plugins]]\nname = \"model-allow\"\npath = \"model-allow.wasm\"\n\
+                instances = \"fresh\"\n[plugins.config]\ndefault = [\"*\"]\n\n\
+                [[plugins]]\nname = \"pii\"\npath = \"pii.wasm\"\non_error = \"allow\"\n\
+                instances = \"fresh\"\n";
+    let gw = TestGateway::start_full(
+        Db::Sqlite,
+        &["model-allow", "pii"],
+        toml,
+        false,
+        "plugin_host.max_instances = 1\n",
+    )
+    .await;
+    let r = gw
+        .chat(
+            SUPPORT_KEY,
+            &chat_body("gpt-4o-mini", "mail me at jo@example.com"),
+        )
+        .await;
+    assert_eq!(r.status, 500, "pii was skipped: {}", r.json);
+    assert_eq!(r.code(), "plugin_unavailable", "{}", r.json);
 }
