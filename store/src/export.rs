@@ -95,10 +95,26 @@ pub const AGENT_CSV_COLUMNS: &[&str] = &[
     "last_seen_at",
 ];
 
-/// One CSV field, quoted if it has to be.
+/// One CSV field, neutralised if a spreadsheet would run it as a formula, then quoted if it has
+/// to be.
 pub fn csv_field(s: &str) -> Cow<'_, str> {
+    let s = neutralise_formula(s);
     if s.contains([',', '"', '\r', '\n']) {
         Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
+    } else {
+        s
+    }
+}
+
+/// A cell starting with `=`, `+`, `-`, `@`, TAB or CR is a formula to Excel, LibreOffice and
+/// Google Sheets (CSV injection: an agent's name or a tool argument reading
+/// `=HYPERLINK(...)` would run on the auditor's machine). Such a cell gets a leading `'`, which
+/// spreadsheets show as text. Plain numbers (`-5`, `+1.5`) are left alone: they cannot run, and
+/// numeric columns stay numeric.
+pub fn neutralise_formula(s: &str) -> Cow<'_, str> {
+    let risky = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && s.parse::<f64>().map_or(true, |n| !n.is_finite()) {
+        Cow::Owned(format!("'{s}"))
     } else {
         Cow::Borrowed(s)
     }
@@ -248,6 +264,24 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+    }
+
+    #[test]
+    fn formulas_are_neutralised() {
+        assert_eq!(csv_field("=1+2"), "'=1+2");
+        assert_eq!(csv_field("+cmd|' /C calc'!A0"), "'+cmd|' /C calc'!A0");
+        assert_eq!(csv_field("-2+3"), "'-2+3");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\t=1"), "'\t=1");
+        assert_eq!(csv_field("\r=1"), "\"'\r=1\"");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_field("-5"), "-5");
+        assert_eq!(csv_field("+1.5"), "+1.5");
+        assert_eq!(csv_field("-inf"), "'-inf");
+        assert_eq!(csv_field("a=b"), "a=b");
     }
 
     #[test]
