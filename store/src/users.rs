@@ -55,6 +55,9 @@ pub struct User {
     /// Sorted, without duplicates.
     pub roles: Vec<Role>,
     pub created_at: i64,
+    /// When an admin disabled the user (no token of theirs authenticates); `None`: enabled.
+    #[serde(default)]
+    pub disabled_at: Option<i64>,
 }
 
 impl User {
@@ -95,7 +98,7 @@ pub struct TokenInfo {
     pub last_used_at: Option<i64>,
 }
 
-const USER_COLUMNS: &str = "id, name, email, roles, created_at";
+const USER_COLUMNS: &str = "id, name, email, roles, created_at, disabled_at";
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -104,6 +107,7 @@ struct UserRow {
     email: String,
     roles: Json<Vec<Role>>,
     created_at: i64,
+    disabled_at: Option<i64>,
 }
 
 impl From<UserRow> for User {
@@ -114,6 +118,7 @@ impl From<UserRow> for User {
             email: r.email,
             roles: r.roles.0,
             created_at: r.created_at,
+            disabled_at: r.disabled_at,
         }
     }
 }
@@ -235,6 +240,32 @@ impl Store {
         self.get_user(user_id).await
     }
 
+    /// Disable (`true`) or enable a user. A disabled user's tokens stop authenticating at once;
+    /// nothing else of theirs changes. NotFound if there is no such user.
+    pub async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled: bool,
+    ) -> Result<User, StoreError> {
+        let at = disabled.then(now_ms);
+        let done = on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE users SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END \
+                 WHERE id = $3",
+            )
+            .bind(disabled)
+            .bind(at)
+            .bind(user_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::not_found("user", user_id));
+        }
+        self.get_user(user_id).await
+    }
+
     /// Generate an admin API token for a user. NotFound if there is no such user.
     pub async fn create_user_token(&self, user_id: &str) -> Result<NewToken, StoreError> {
         self.get_user(user_id).await?;
@@ -299,8 +330,9 @@ impl Store {
         let now = now_ms();
         let row: Option<(String, String)> = on_pool!(self, |pool| {
             sqlx::query_as(
-                "SELECT id, user_id FROM user_tokens WHERE token_hash = $1 \
-                 AND (revoked_at IS NULL OR revoked_at > $2)",
+                "SELECT t.id, t.user_id FROM user_tokens t JOIN users u ON u.id = t.user_id \
+                 WHERE t.token_hash = $1 AND (t.revoked_at IS NULL OR t.revoked_at > $2) \
+                 AND u.disabled_at IS NULL",
             )
             .bind(&hash)
             .bind(now)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
-use palisade_store::{AgentStatus, AgentUpdate, NewAgent};
+use palisade_store::{Agent, AgentStatus, AgentUpdate, KeyInfo, NewAgent, NewKey, User};
 use serde_json::json;
 
 use super::{auth, ok_json, query, read_json, store_error};
@@ -58,12 +58,23 @@ pub async fn export(gw: &Arc<Gateway>, parts: &Parts) -> Reply {
 pub async fn create(gw: &Arc<Gateway>, parts: &Parts, body: Incoming) -> Reply {
     let user = auth::require(gw, parts, auth::ADMIN).await?;
     let new: NewAgent = read_json(body).await?;
+    let (agent, key) = create_agent(gw, &user, new).await?;
+    ok_json(StatusCode::CREATED, &json!({"agent": agent, "key": key}))
+}
+
+/// Register an agent with a first key (its secret exists only in the answer), audited as
+/// `user`'s doing. The API and the console both create agents here; the caller checked the role.
+pub async fn create_agent(
+    gw: &Gateway,
+    user: &User,
+    new: NewAgent,
+) -> Result<(Agent, NewKey), CallError> {
     let agent = gw.store.create_agent(new).await.map_err(store_error)?;
     let key = gw.store.create_key(&agent.id).await.map_err(store_error)?;
     gw.registry.invalidate();
     gw.audit_admin(&user.name, "agent.created", &agent.id, 201)
         .await;
-    ok_json(StatusCode::CREATED, &json!({"agent": agent, "key": key}))
+    Ok((agent, key))
 }
 
 pub async fn update(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
@@ -81,6 +92,17 @@ pub async fn update(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) 
 
 pub async fn set_status(gw: &Arc<Gateway>, parts: &Parts, id: &str, active: bool) -> Reply {
     let user = auth::require(gw, parts, auth::ADMIN).await?;
+    let agent = set_agent_status(gw, &user, id, active).await?;
+    ok_json(StatusCode::OK, &agent)
+}
+
+/// Suspend (`active` false) or activate an agent, audited as `user`'s doing.
+pub async fn set_agent_status(
+    gw: &Gateway,
+    user: &User,
+    id: &str,
+    active: bool,
+) -> Result<Agent, CallError> {
     let status = if active {
         AgentStatus::Active
     } else {
@@ -98,7 +120,7 @@ pub async fn set_status(gw: &Arc<Gateway>, parts: &Parts, id: &str, active: bool
         "agent.suspended"
     };
     gw.audit_admin(&user.name, action, id, 200).await;
-    ok_json(StatusCode::OK, &agent)
+    Ok(agent)
 }
 
 pub async fn add_key(gw: &Arc<Gateway>, parts: &Parts, id: &str) -> Reply {
@@ -122,19 +144,42 @@ pub async fn rotate_key(gw: &Arc<Gateway>, parts: &Parts, id: &str, key: &str) -
             )
         })?,
     };
+    let new = rotate_agent_key(gw, &user, id, key, Duration::from_secs(grace)).await?;
+    ok_json(StatusCode::CREATED, &new)
+}
+
+/// Replace an agent's key by a new one (the old one keeps working for `grace`), audited.
+pub async fn rotate_agent_key(
+    gw: &Gateway,
+    user: &User,
+    id: &str,
+    key: &str,
+    grace: Duration,
+) -> Result<NewKey, CallError> {
     let new = gw
         .store
-        .rotate_key(id, key, Duration::from_secs(grace))
+        .rotate_key(id, key, grace)
         .await
         .map_err(store_error)?;
     gw.registry.invalidate();
     gw.audit_admin(&user.name, "key.rotated", &format!("{id}/{key}"), 201)
         .await;
-    ok_json(StatusCode::CREATED, &new)
+    Ok(new)
 }
 
 pub async fn revoke_key(gw: &Arc<Gateway>, parts: &Parts, id: &str, key: &str) -> Reply {
     let user = auth::require(gw, parts, auth::ADMIN).await?;
+    let revoked = revoke_agent_key(gw, &user, id, key).await?;
+    ok_json(StatusCode::OK, &revoked)
+}
+
+/// Revoke one of an agent's keys now, audited.
+pub async fn revoke_agent_key(
+    gw: &Gateway,
+    user: &User,
+    id: &str,
+    key: &str,
+) -> Result<KeyInfo, CallError> {
     let info = gw.store.get_key(key).await.map_err(store_error)?;
     if info.agent_id != id {
         return Err(CallError::NotFound {
@@ -145,5 +190,5 @@ pub async fn revoke_key(gw: &Arc<Gateway>, parts: &Parts, id: &str, key: &str) -
     gw.registry.invalidate();
     gw.audit_admin(&user.name, "key.revoked", &format!("{id}/{key}"), 200)
         .await;
-    ok_json(StatusCode::OK, &revoked)
+    Ok(revoked)
 }

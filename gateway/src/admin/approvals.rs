@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use palisade_store::{Approval, ApprovalState, Decision, Role};
+use palisade_store::{Approval, ApprovalState, Decision, Role, User};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -20,9 +20,9 @@ use crate::wire::GatewayBody;
 type Reply = Result<Response<GatewayBody>, CallError>;
 
 /// Who may look at approvals.
-const VIEW: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];
+pub const VIEW: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor];
 /// Who may vote (group membership and ownership are checked per request).
-const VOTE: &[Role] = &[Role::Admin, Role::Approver];
+pub const VOTE: &[Role] = &[Role::Admin, Role::Approver];
 
 /// Most requests one listing returns.
 const MAX_LIST: i64 = 500;
@@ -101,17 +101,32 @@ pub async fn show(gw: &Arc<Gateway>, parts: &Parts, id: &str) -> Reply {
 pub async fn decide(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
     let user = auth::require(gw, parts, VOTE).await?;
     let d: DecisionBody = read_json(body).await?;
-    if d.decision == Decision::Reject && d.reason.trim().is_empty() {
+    let a = decide_as(gw, &user, id, d.decision, &d.reason).await?;
+    ok_json(StatusCode::OK, &view(&a, false))
+}
+
+/// One human's vote, under the API's rules (a rejection needs a reason; the owner may not
+/// vote, nor anyone outside the approval's group; one vote a person), audited with who cast it,
+/// refusals included. The API and the console both vote here.
+pub async fn decide_as(
+    gw: &Gateway,
+    user: &User,
+    id: &str,
+    decision: Decision,
+    reason: &str,
+) -> Result<Approval, CallError> {
+    auth::allow(user, VOTE)?;
+    let action = format!("approval.{}", decision.as_str());
+    if decision == Decision::Reject && reason.trim().is_empty() {
         return Err(CallError::bad_request(
             "invalid_request",
             "a rejection needs a reason: the agent is told it",
         ));
     }
     let rt = gw.policy.current();
-    let action = format!("approval.{}", d.decision.as_str());
     match gw
         .approvals
-        .decide(&rt.settings.approvals, &user, id, d.decision, &d.reason)
+        .decide(&rt.settings.approvals, user, id, decision, reason)
         .await
     {
         Ok(a) => {
@@ -120,7 +135,7 @@ pub async fn decide(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) 
                 let decided = format!("approval.{}", a.state.as_str());
                 gw.audit_admin(&user.name, &decided, id, 200).await;
             }
-            ok_json(StatusCode::OK, &view(&a, false))
+            Ok(a)
         }
         Err(e) => {
             gw.audit_admin(&user.name, &format!("{action}_refused"), id, e.status())

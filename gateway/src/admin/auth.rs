@@ -25,8 +25,15 @@ pub async fn require(gw: &Gateway, parts: &Parts, allowed: &[Role]) -> Result<Us
         .await
         .map_err(|e| CallError::Internal(format!("user store unavailable: {e}")))?
         .ok_or(CallError::Unauthorized("unknown or revoked user token"))?;
-    if allowed.iter().any(|r| user.has_role(*r)) {
-        return Ok(user);
+    allow(&user, allowed)?;
+    Ok(user)
+}
+
+/// Whether one of `user`'s roles is in `allowed` (the console checks its session's user here,
+/// as the API checks the bearer's).
+pub fn allow(user: &User, allowed: &[Role]) -> Result<(), CallError> {
+    if allows(user, allowed) {
+        return Ok(());
     }
     let need: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
     Err(CallError::Forbidden(format!(
@@ -34,4 +41,9 @@ pub async fn require(gw: &Gateway, parts: &Parts, allowed: &[Role]) -> Result<Us
         user.name,
         need.join(", ")
     )))
+}
+
+/// `true` if one of `user`'s roles is in `allowed`.
+pub fn allows(user: &User, allowed: &[Role]) -> bool {
+    allowed.iter().any(|r| user.has_role(*r))
 }

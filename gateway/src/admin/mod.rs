@@ -1,5 +1,7 @@
-//! The admin API under `/admin/api/`, and `/admin/status`. The CLI and (later) the UI use only
-//! this API. Every endpoint names the roles it admits, checked in one place ([`auth`]); every
+//! The admin API under `/admin/api/`, and `/admin/status`. The CLI uses only this API; the
+//! console (`crate::console`) calls the same action functions the endpoints call
+//! ([`agents::create_agent`], [`approvals::decide_as`], ...), so both check, change and audit
+//! alike. Every endpoint names the roles it admits, checked in one place ([`auth`]); every
 //! change is audited with who made it.
 //!
 //! | endpoint | roles |
@@ -9,20 +11,21 @@
 //! | `POST /admin/api/agents`, `PATCH`/`suspend`/`activate`/`keys...` | admin |
 //! | `GET /admin/api/audit/export`, `GET /admin/api/audit/verify` | admin, auditor |
 //! | `GET /admin/api/spend?window=day&scope=agent:`, `GET /admin/api/spend/runs/{id}` | admin, auditor |
-//! | `GET`/`POST /admin/api/users`, `POST /admin/api/users/{id}/tokens` | admin |
+//! | `GET`/`POST /admin/api/users`, `GET`/`POST /admin/api/users/{id}/tokens` | admin |
+//! | `DELETE /admin/api/users/{id}/tokens/{token}`, `PUT /admin/api/users/{id}/roles`, `POST .../disable`/`enable` | admin |
 //! | `GET /admin/api/approvals[?status=pending]`, `GET /admin/api/approvals/{id}` | admin, approver, auditor |
 //! | `POST /admin/api/approvals/{id}/decisions` | admin, approver (group members, not the agent's owner) |
 //! | `POST /admin/api/approvals/{id}/release` (a claim a dead process left running) | admin |
 //! | `GET /admin/api/users/{id}/groups` / `PUT` | any / admin |
 
-mod agents;
-mod approvals;
-mod audit;
+pub mod agents;
+pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod query;
-mod spend;
-mod status;
-mod users;
+pub mod spend;
+pub mod status;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -119,6 +122,13 @@ pub async fn route(
         (&Method::GET, ["users"]) => users::list(gw, parts).await,
         (&Method::POST, ["users"]) => users::create(gw, parts, body).await,
         (&Method::POST, ["users", id, "tokens"]) => users::add_token(gw, parts, id).await,
+        (&Method::GET, ["users", id, "tokens"]) => users::tokens(gw, parts, id).await,
+        (&Method::DELETE, ["users", id, "tokens", token]) => {
+            users::revoke_token(gw, parts, id, token).await
+        }
+        (&Method::PUT, ["users", id, "roles"]) => users::set_roles(gw, parts, id, body).await,
+        (&Method::POST, ["users", id, "disable"]) => users::set_disabled(gw, parts, id, true).await,
+        (&Method::POST, ["users", id, "enable"]) => users::set_disabled(gw, parts, id, false).await,
         (&Method::GET, ["users", id, "groups"]) => approvals::groups(gw, parts, id).await,
         (&Method::PUT, ["users", id, "groups"]) => approvals::set_groups(gw, parts, id, body).await,
         (&Method::GET, ["approvals"]) => approvals::list(gw, parts).await,

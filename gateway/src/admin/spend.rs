@@ -15,7 +15,7 @@ use crate::app::Gateway;
 use crate::core::error::CallError;
 use crate::wire::GatewayBody;
 
-fn window(s: Option<&str>) -> Result<Window, CallError> {
+pub fn window(s: Option<&str>) -> Result<Window, CallError> {
     match s.unwrap_or("day") {
         // The rate limits' counters (`scope=limit:`).
         "minute" => Ok(Window::Minute),
@@ -35,6 +35,19 @@ pub async fn spend(gw: &Arc<Gateway>, parts: &Parts) -> Result<Response<GatewayB
     let q = query::parse(parts.uri.query());
     let window = window(q.get("window").map(String::as_str))?;
     let scope = q.get("scope").map(String::as_str).unwrap_or("");
+    let counters = counters(gw, window, scope).await?;
+    ok_json(
+        StatusCode::OK,
+        &json!({"window": window, "scope": scope, "counters": counters}),
+    )
+}
+
+/// The ledger's counters of the current `window` whose scope starts with `scope`.
+pub async fn counters(
+    gw: &Gateway,
+    window: Window,
+    scope: &str,
+) -> Result<Vec<palisade_store::Spend>, CallError> {
     // This replica's settled spend is committed first, so the view is current for it (other
     // replicas' lags by at most their last audit batch). `reserved` counts the leases of
     // headroom replicas hold as well as calls in flight.
@@ -43,11 +56,7 @@ pub async fn spend(gw: &Arc<Gateway>, parts: &Parts) -> Result<Response<GatewayB
     {
         tracing::warn!("ledger sync before the spend view failed: {e}");
     }
-    let counters = gw.store.spend(window, scope).await.map_err(store_error)?;
-    ok_json(
-        StatusCode::OK,
-        &json!({"window": window, "scope": scope, "counters": counters}),
-    )
+    gw.store.spend(window, scope).await.map_err(store_error)
 }
 
 /// One agent's place in a run's delegation tree: its own calls and cost, and whom it delegated to.
@@ -97,8 +106,25 @@ pub async fn run_tree(
     parts: &Parts,
     run_id: &str,
 ) -> Result<Response<GatewayBody>, CallError> {
-    use futures_util::StreamExt;
     auth::require(gw, parts, auth::READ).await?;
+    let tree = run_tree_of(gw, run_id).await?;
+    ok_json(StatusCode::OK, &tree)
+}
+
+/// A run's delegation tree, as `GET /admin/api/spend/runs/{id}` and the console show it.
+#[derive(serde::Serialize)]
+pub struct RunTree {
+    pub run_id: String,
+    /// Calls and cost of the whole run.
+    pub calls: u64,
+    pub cost_micro_usd: i64,
+    /// The run's root agents (normally one).
+    pub tree: Vec<RunNode>,
+}
+
+/// Build a run's tree from the audit log. NotFound if no call of it was recorded.
+pub async fn run_tree_of(gw: &Gateway, run_id: &str) -> Result<RunTree, CallError> {
+    use futures_util::StreamExt;
     let filter = palisade_store::AuditFilter {
         run_id: Some(run_id.to_string()),
         ..Default::default()
@@ -126,9 +152,11 @@ pub async fn run_tree(
             message: format!("no calls recorded for run {run_id:?}"),
         });
     }
-    let (calls, cost) = root.total();
-    ok_json(
-        StatusCode::OK,
-        &json!({"run_id": run_id, "calls": calls, "cost_micro_usd": cost, "tree": root.children}),
-    )
+    let (calls, cost_micro_usd) = root.total();
+    Ok(RunTree {
+        run_id: run_id.to_string(),
+        calls,
+        cost_micro_usd,
+        tree: root.children,
+    })
 }

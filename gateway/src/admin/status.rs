@@ -40,6 +40,11 @@ pub async fn status(
     parts: &Parts,
 ) -> Result<http::Response<GatewayBody>, CallError> {
     auth::require(gw, parts, auth::ANY).await?;
+    ok_json(StatusCode::OK, &status_json(gw))
+}
+
+/// What `/admin/status` answers (the console's policy page shows it too).
+pub fn status_json(gw: &Gateway) -> serde_json::Value {
     let rt = gw.policy.current();
     let st = gw.policy.status();
     let plugins: Vec<_> = rt
@@ -79,7 +84,7 @@ pub async fn status(
         .into_iter()
         .map(|p| json!({"name": p.name, "kind": p.dialect.name()}))
         .collect();
-    let body = json!({
+    json!({
         "providers": providers,
         "routes": rt.settings.routes.iter().map(|(alias, r)| {
             (alias.clone(), json!(r.targets.iter().map(ToString::to_string).collect::<Vec<_>>()))
@@ -102,6 +107,5 @@ pub async fn status(
             "last_ok": st.last_ok,
             "last_error": st.last_error,
         },
-    });
-    ok_json(StatusCode::OK, &body)
+    })
 }

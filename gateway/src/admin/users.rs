@@ -1,11 +1,14 @@
-//! Users of the admin side (admins, approvers, auditors) and their API tokens.
+//! Users of the admin side (admins, approvers, auditors) and their API tokens: create, list,
+//! add and revoke tokens, change roles, disable and enable. A revoked token or a disabled user
+//! stops authenticating at once, console sessions included. The last enabled admin cannot be
+//! demoted or disabled (nobody could administer the gateway after).
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use palisade_store::Role;
+use palisade_store::{Role, TokenInfo, User};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -63,4 +66,105 @@ pub async fn add_token(gw: &Arc<Gateway>, parts: &Parts, id: &str) -> Reply {
     gw.audit_admin(&admin.name, "user.token_created", id, 201)
         .await;
     ok_json(StatusCode::CREATED, &token)
+}
+
+/// `GET /admin/api/users/{id}/tokens`: a user's tokens (never their secrets).
+pub async fn tokens(gw: &Arc<Gateway>, parts: &Parts, id: &str) -> Reply {
+    auth::require(gw, parts, auth::ADMIN).await?;
+    gw.store.get_user(id).await.map_err(store_error)?;
+    let list: Vec<TokenInfo> = gw.store.list_user_tokens(id).await.map_err(store_error)?;
+    ok_json(StatusCode::OK, &list)
+}
+
+/// `DELETE /admin/api/users/{id}/tokens/{token_id}`: revoke one token now.
+pub async fn revoke_token(gw: &Arc<Gateway>, parts: &Parts, id: &str, token: &str) -> Reply {
+    let admin = auth::require(gw, parts, auth::ADMIN).await?;
+    let list = gw.store.list_user_tokens(id).await.map_err(store_error)?;
+    if !list.iter().any(|t| t.id == token) {
+        return Err(CallError::NotFound {
+            message: format!("user {id:?} has no token {token:?}"),
+        });
+    }
+    gw.store
+        .revoke_user_token(token)
+        .await
+        .map_err(store_error)?;
+    gw.audit_admin(
+        &admin.name,
+        "user.token_revoked",
+        &format!("{id}/{token}"),
+        200,
+    )
+    .await;
+    let list = gw.store.list_user_tokens(id).await.map_err(store_error)?;
+    let revoked = list.into_iter().find(|t| t.id == token);
+    ok_json(StatusCode::OK, &revoked)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesBody {
+    roles: Vec<Role>,
+}
+
+/// Refuse a change that would leave no enabled admin.
+async fn keep_an_admin(gw: &Gateway, changed: &User, still_admin: bool) -> Result<(), CallError> {
+    if still_admin || !changed.has_role(Role::Admin) || changed.disabled_at.is_some() {
+        return Ok(());
+    }
+    let users = gw.store.list_users().await.map_err(store_error)?;
+    let others = users
+        .iter()
+        .filter(|u| u.id != changed.id && u.has_role(Role::Admin) && u.disabled_at.is_none())
+        .count();
+    if others == 0 {
+        return Err(CallError::Conflict(format!(
+            "user '{}' is the last enabled admin; make another admin first",
+            changed.name
+        )));
+    }
+    Ok(())
+}
+
+/// `PUT /admin/api/users/{id}/roles` with `{"roles": [...]}`: replace them.
+pub async fn set_roles(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
+    let admin = auth::require(gw, parts, auth::ADMIN).await?;
+    let b: RolesBody = read_json(body).await?;
+    let user = gw.store.get_user(id).await.map_err(store_error)?;
+    keep_an_admin(gw, &user, b.roles.contains(&Role::Admin)).await?;
+    let user = gw
+        .store
+        .set_user_roles(id, &b.roles)
+        .await
+        .map_err(store_error)?;
+    let names: Vec<&str> = user.roles.iter().map(|r| r.as_str()).collect();
+    gw.audit_admin(
+        &admin.name,
+        "user.roles_set",
+        &format!("{id} [{}]", names.join(", ")),
+        200,
+    )
+    .await;
+    ok_json(StatusCode::OK, &user)
+}
+
+/// `POST /admin/api/users/{id}/disable` or `/enable`.
+pub async fn set_disabled(gw: &Arc<Gateway>, parts: &Parts, id: &str, disabled: bool) -> Reply {
+    let admin = auth::require(gw, parts, auth::ADMIN).await?;
+    let user = gw.store.get_user(id).await.map_err(store_error)?;
+    if disabled {
+        keep_an_admin(gw, &user, false).await?;
+    }
+    let user = gw
+        .store
+        .set_user_disabled(id, disabled)
+        .await
+        .map_err(store_error)?;
+    let action = if disabled {
+        "user.disabled"
+    } else {
+        "user.enabled"
+    };
+    gw.audit_admin(&admin.name, action, id, 200).await;
+    ok_json(StatusCode::OK, &user)
 }

@@ -112,7 +112,7 @@ fn store_error(e: StoreError) -> CallError {
 }
 
 /// Whether `user` is the person `owner` names (by user name or e-mail, case-insensitively).
-fn is_owner(owner: &str, user: &User) -> bool {
+pub fn is_owner(owner: &str, user: &User) -> bool {
     let owner = owner.trim();
     !owner.is_empty()
         && (owner.eq_ignore_ascii_case(&user.name)
@@ -308,6 +308,7 @@ mod tests {
             email: email.into(),
             roles: vec![],
             created_at: 0,
+            disabled_at: None,
         }
     }
 

@@ -22,5 +22,5 @@ pub use crate::core::settings::approvals::{
     ApprovalSettings, DEFAULT_WAIT, MAX_WAIT, RawApprovals, WebhookSettings,
 };
 pub use fingerprint::{canonical_arguments, fingerprint, sha256_hex};
-pub use gate::{Admission, ExecutionClaim, Gate, HeldCall, Refusal, Status};
+pub use gate::{Admission, ExecutionClaim, Gate, HeldCall, Refusal, Status, is_owner};
 pub use webhook::{SIGNATURE_HEADER, payload as webhook_payload, sign as sign_webhook};

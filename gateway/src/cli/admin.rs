@@ -91,6 +91,21 @@ pub enum UsersCommand {
     },
     /// Create another token for a user; prints it once.
     Token { user_id: String },
+    /// A user's tokens (ids and prefixes, never secrets).
+    Tokens { user_id: String },
+    /// Revoke one of a user's tokens now (their console sessions end with it).
+    RevokeToken { user_id: String, token_id: String },
+    /// Replace a user's roles.
+    Roles {
+        user_id: String,
+        /// A role (repeat); none leaves the user without access.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Disable a user: no token of theirs authenticates until `enable`.
+    Disable { user_id: String },
+    /// Enable a disabled user again.
+    Enable { user_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,6 +308,33 @@ pub async fn users(args: &ApiArgs, cmd: UsersCommand) -> Result<(), CliError> {
             )
             .await?,
         ),
+        UsersCommand::Tokens { user_id } => {
+            let path = format!("/admin/api/users/{}/tokens", enc(&user_id));
+            print(&api.json("GET", &path, None).await?);
+        }
+        UsersCommand::RevokeToken { user_id, token_id } => {
+            let path = format!(
+                "/admin/api/users/{}/tokens/{}",
+                enc(&user_id),
+                enc(&token_id)
+            );
+            print(&api.json("DELETE", &path, None).await?);
+        }
+        UsersCommand::Roles { user_id, roles } => {
+            let path = format!("/admin/api/users/{}/roles", enc(&user_id));
+            print(
+                &api.json("PUT", &path, Some(&json!({"roles": roles})))
+                    .await?,
+            );
+        }
+        UsersCommand::Disable { user_id } => {
+            let path = format!("/admin/api/users/{}/disable", enc(&user_id));
+            print(&api.json("POST", &path, None).await?);
+        }
+        UsersCommand::Enable { user_id } => {
+            let path = format!("/admin/api/users/{}/enable", enc(&user_id));
+            print(&api.json("POST", &path, None).await?);
+        }
     }
     Ok(())
 }
