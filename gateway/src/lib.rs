@@ -13,6 +13,7 @@ pub mod audit;
 pub mod call;
 pub mod chain;
 pub mod cli;
+pub mod console;
 pub mod core;
 pub mod demo;
 #[cfg(test)]

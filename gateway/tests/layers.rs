@@ -23,6 +23,7 @@ const ORDER: &[&str] = &[
     "app",
     "call",
     "admin",
+    "console",
     "server",
     "cli",
     "demo",

@@ -290,6 +290,9 @@ async fn route(
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
         }
         (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        (_, p) if p == "/console" || p.starts_with("/console/") => {
+            crate::console::route(gw, &parts, body).await
+        }
         (_, p) if p == "/admin/status" || p.starts_with("/admin/api/") => {
             match admin::route(gw, &parts, body).await {
                 Some(Ok(r)) => r,
