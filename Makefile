@@ -15,10 +15,13 @@ JS_PLUGIN := examples/plugins/js
 
 MCP2_VENV := tests/e2e/.venv-mcp2
 
-## Install what a fresh machine lacks: the Wasm target, the Python test clients (mcp 1.x beside
-## openai; mcp 2.x in its own venv) and the npm MCP servers the MCP tests put behind /mcp.
+## Install what a fresh machine lacks: the Wasm target, Debian's Chromium (the console's browser
+## tests drive it through Playwright; `playwright install` is never run), the Python test clients
+## (mcp 1.x beside openai; mcp 2.x in its own venv) and the npm MCP servers the MCP tests put
+## behind /mcp.
 setup:
 	rustup target add $(WASM_TARGET)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 	python3 -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	npm ci --prefix $(JS_PLUGIN) --no-audit --no-fund --loglevel=error
