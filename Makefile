@@ -63,8 +63,9 @@ $(DIST)/business-hours-js.wasm: $(JS_PLUGIN)/business_hours.js $(JS_PLUGIN)/pack
 	cd $(JS_PLUGIN) && npm run --silent build
 
 ## The demo needs only the Rust plugins (no Python or npm).
+## `make demo KEEP=1` keeps the gateway (and its console) up after the scenes, until Ctrl-C.
 demo: plugins-rust
-	$(CARGO) run --quiet -p palisade -- demo
+	$(CARGO) run --quiet -p palisade -- demo $(if $(KEEP),--keep)
 
 ## The release tarball (target/dist/palisade-VERSION-ARCH-linux.tar.gz): the stripped binary,
 ## the shipped plugins with their compiled cache, an example config and a systemd unit.

@@ -730,6 +730,21 @@ pub async fn run(config: &Path, listen: SocketAddr, keep: bool) -> Result<(), De
         "From a shell: palisade agents export; palisade audit export --agent support-bot --from 2026-03-08 --to 2026-03-15"
     );
     if keep {
+        let admin_name = format!("demo-admin-{:08x}", rand::random::<u32>());
+        let admin = gw
+            .store
+            .create_user(&admin_name, "", &[Role::Admin])
+            .await
+            .map_err(store_err)?;
+        let admin_token = gw
+            .store
+            .create_user_token(&admin.id)
+            .await
+            .map_err(store_err)?
+            .secret;
+        println!("\nConsole: http://{addr}/console");
+        println!("   sign in as {admin_name} (admin) with {admin_token}");
+        println!("   or as {name} (auditor) with {token}");
         println!("Serving on http://{addr} until Ctrl-C (try: curl http://{addr}/admin/status)");
         let _ = tokio::signal::ctrl_c().await;
     }
