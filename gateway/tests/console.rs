@@ -665,3 +665,65 @@ async fn roles_changed_or_user_disabled_end_console_access_at_once(db: Db) {
         .await;
     assert_eq!(s, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_tree_shows_every_hop_with_its_cost() {
+    let prices = "[prices.\"mock/gpt-4o-mini\"]\ninput_per_mtok = 10.0\noutput_per_mtok = 100.0\n";
+    let gw = TestGateway::start_full(Db::Sqlite, &[], "", false, prices).await;
+    // support-bot delegates to research-bot, which hands back to support-bot: three hops.
+    let mut chain: Option<String> = None;
+    for key in [SUPPORT_KEY, RESEARCH_KEY, SUPPORT_KEY] {
+        let headers: Vec<(&str, &str)> = chain
+            .as_deref()
+            .map(|c| ("palisade-chain", c))
+            .into_iter()
+            .collect();
+        let r = gw
+            .chat_with(key, &chat_body("gpt-4o-mini", "work"), &headers)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        chain = r
+            .headers
+            .get("palisade-chain")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+    }
+    let mut b = Browser::new(&gw);
+    b.sign_in(ADMIN_TOKEN).await;
+    // The run is listed on the spend page once its events are in the log.
+    let mut run = String::new();
+    for _ in 0..100 {
+        let p = b.get("/console/spend").await;
+        if let Some(at) = p.text.find("/console/spend/runs/run_") {
+            let rest = &p.text[at + "/console/spend/runs/".len()..];
+            run = rest[..rest.find('"').unwrap()].to_string();
+            if p.text.contains("support-bot → research-bot") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!run.is_empty(), "no run listed");
+    let p = b.get(&format!("/console/spend/runs/{run}")).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let hops: Vec<&str> = p
+        .text
+        .match_indices("<strong class=\"agent\">")
+        .map(|(i, _)| {
+            let rest = &p.text[i + "<strong class=\"agent\">".len()..];
+            &rest[..rest.find('<').unwrap()]
+        })
+        .collect();
+    assert_eq!(hops, ["support-bot", "research-bot", "support-bot"]);
+    // Each hop is charged from the mock's usage at these prices (the same prompt, the same
+    // usage: $0.001410), and the run adds them up.
+    assert_eq!(
+        p.text
+            .matches("<span class=\"cost\">$0.001410</span>")
+            .count(),
+        3,
+        "{}",
+        p.text
+    );
+    assert!(p.text.contains("$0.004230 in all"), "{}", p.text);
+}
