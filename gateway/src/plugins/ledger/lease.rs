@@ -318,7 +318,7 @@ impl Leased {
         wanted: &Wanted,
         now: i64,
     ) -> Result<u64, Refused> {
-        match self.store.reserve_at(amounts, now, self.ttl()).await {
+        match self.reserve_in_store(amounts, now).await {
             Ok(Reservation::Held(sid)) => {
                 let mut st = self.lock();
                 st.next_id += 1;
@@ -333,6 +333,32 @@ impl Leased {
                 Err(Refused::Unavailable(format!("ledger unavailable: {e}")))
             }
         }
+    }
+
+    /// The store reservation behind [`Leased::direct`], run in a task of its own: a caller
+    /// cancelled while the store works (the client hung up, the hook hit its bound) would
+    /// otherwise leave a hold nobody records, taken until the TTL. When the asker is gone by
+    /// the time the store answers, the task gives the hold back itself.
+    async fn reserve_in_store(
+        &self,
+        amounts: &[palisade_store::Amount],
+        now: i64,
+    ) -> Result<Reservation, palisade_store::StoreError> {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.store.reserve_at(amounts, now, self.ttl()).await;
+        };
+        let (store, amounts, ttl) = (self.store.clone(), amounts.to_vec(), self.ttl());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let r = store.reserve_at(&amounts, now, ttl).await;
+            if let Err(Ok(Reservation::Held(sid))) = tx.send(r)
+                && let Err(e) = store.release(sid).await
+            {
+                tracing::warn!("releasing a reservation its call left behind failed: {e}");
+            }
+        });
+        rx.await
+            .unwrap_or(Err(palisade_store::StoreError::Cancelled))
     }
 
     fn sync_of(&self, changes: Vec<LeaseChange>, now: i64) -> LeaseSync {
