@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The fixture plugin in `instance-count` mode, acting on calls to `model` only.
 fn counter(name: &str, extra: &str, stateless: bool, model: &str) -> String {
@@ -218,4 +218,55 @@ async fn a_full_engine_does_not_skip_a_fail_open_plugin() {
         .await;
     assert_eq!(r.status, 500, "pii was skipped: {}", r.json);
     assert_eq!(r.code(), "plugin_unavailable", "{}", r.json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_not_run_for_the_kinds_of_call_it_did_not_declare() {
+    let toml = "[[plugins]]\nname = \"model-allow\"\npath = \"model-allow.wasm\"\n\
+                [plugins.config]\ndefault = [\"*\"]\n\n\
+                [[plugins]]\nname = \"approvals\"\npath = \"approvals.wasm\"\n\
+                [[plugins.config.rules]]\nname = \"email\"\ntools = [\"*send_email*\"]\n\
+                approvals = 1\ngroup = \"approvers\"\n";
+    let gw = TestGateway::start(&["model-allow", "approvals"], toml).await;
+    let st = gw.status().await;
+    // approvals has tool rules only, so it declared tool calls; model-allow LLM calls.
+    assert_eq!(
+        plugin_status(&st, "approvals")["kinds"],
+        json!(["tool-call"])
+    );
+    assert_eq!(
+        plugin_status(&st, "model-allow")["kinds"],
+        json!(["llm-call"])
+    );
+
+    let r = gw.chat(SUPPORT_KEY, &chat_body("gpt-4o-mini", "hi")).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let id = r.headers["palisade-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    gw.gw.audit.flush().await.expect("audit flushed");
+    let (s, _, bytes) = gw
+        .request(
+            "GET",
+            "/admin/api/audit/export?format=jsonl",
+            Some(ADMIN_TOKEN),
+            bytes::Bytes::new(),
+        )
+        .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert_eq!(s, 200, "{text}");
+    let event: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e.to_string().contains(&id))
+        .unwrap_or_else(|| panic!("no audit event of {id} in {text}"));
+    let ran: Vec<&str> = event["verdicts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no verdicts in {event}"))
+        .iter()
+        .filter_map(|v| v["plugin"].as_str())
+        .collect();
+    // model-allow decided the LLM call; approvals was passed over without a guest entry.
+    assert_eq!(ran, ["model-allow"], "{event}");
 }

@@ -49,10 +49,12 @@ fn check_lists_hooks_and_imports_of_a_rust_plugin() {
         "budget settles in on-complete: {out}"
     );
     // A Rust wasip2 component imports WASI; check says how it is satisfied.
-    assert!(out.contains("palisade:policy/host@0.1.1"), "{out}");
+    assert!(out.contains("palisade:policy/host@0.1.2"), "{out}");
     assert!(out.contains("wasi:"), "{out}");
     // `init` declared the plugin stateless, so the gateway will reuse its instances.
     assert!(out.contains("pooling:  declared stateless"), "{out}");
+    // A listing costs nothing: budget declared it decides about LLM and tool calls only.
+    assert!(out.contains("kinds:    llm-call, tool-call\n"), "{out}");
 }
 
 #[test]
@@ -62,6 +64,11 @@ fn check_loads_a_plugin_built_against_0_1_0_and_says_it_gets_fresh_instances() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("palisade:policy/host@0.1.0"), "{out}");
     assert!(out.contains("pooling:  fresh per call"), "{out}");
+    // It predates `declare-kinds`: every hook runs for every kind of call.
+    assert!(
+        out.contains("kinds:    llm-call, tool-call, tool-list"),
+        "{out}"
+    );
 }
 
 #[test]

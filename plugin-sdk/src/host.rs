@@ -4,7 +4,7 @@
 //! Inside the gateway these call the host; in a native `cargo test` they go to the thread's
 //! [`crate::testing::TestHost`], so the same plugin code runs in both.
 
-use crate::{Amount, Level, ReserveError, Unit, Window};
+use crate::{Amount, CallKind, Level, ReserveError, Unit, Window};
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::palisade::policy::host as imp;
@@ -69,4 +69,12 @@ pub fn kv_delete(key: &str) {
 /// `palisade:policy@0.1.1`.
 pub fn declare_stateless() {
     imp::declare_stateless()
+}
+
+/// Declare the kinds of call this plugin decides about: the gateway then runs none of its hooks
+/// for calls of other kinds (passed over as allowed, with no audit note), saving a guest entry
+/// per call. Call it from [`crate::Plugin::init`] once the config says what the plugin acts on;
+/// an empty list (or never calling it) means every kind. Since `palisade:policy@0.1.2`.
+pub fn declare_kinds(kinds: &[CallKind]) {
+    imp::declare_kinds(kinds)
 }

@@ -30,6 +30,8 @@ pub struct TestHost {
     pub now_ms: u64,
     /// Whether the plugin called [`crate::host::declare_stateless`].
     pub declared_stateless: bool,
+    /// What the plugin passed to `declare-kinds` (empty: every kind).
+    pub declared_kinds: Vec<CallKind>,
     next_id: u64,
 }
 
@@ -139,6 +141,9 @@ pub mod native {
     }
     pub fn declare_stateless() {
         with_host(|h| h.declared_stateless = true)
+    }
+    pub fn declare_kinds(kinds: &[CallKind]) {
+        with_host(|h| h.declared_kinds = kinds.to_vec())
     }
 }
 

@@ -23,7 +23,7 @@
 // Built with `componentize-js` against `wit/` (see `make plugins-js`). The clock is the host's
 // `now-ms` import: the component is built with every WASI feature disabled.
 
-import { declareStateless, log, nowMs } from 'palisade:policy/host@0.1.1';
+import { declareStateless, log, nowMs } from 'palisade:policy/host@0.1.2';
 
 const DAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
 const KEYS = ['risky', 'days', 'open', 'close', 'utc_offset_minutes', 'group', 'approvals', 'ttl_secs'];

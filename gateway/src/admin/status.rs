@@ -13,6 +13,7 @@ use super::{auth, ok_json};
 use crate::app::Gateway;
 use crate::core::error::CallError;
 use crate::plugins::bindings::Hooks;
+use crate::plugins::reload::Runtime;
 use crate::wire::GatewayBody;
 
 fn hook_names(h: Hooks) -> Vec<&'static str> {
@@ -45,7 +46,11 @@ pub async fn status(
 
 /// What `/admin/status` answers (the console's policy page shows it too).
 pub fn status_json(gw: &Gateway) -> serde_json::Value {
-    let rt = gw.policy.current();
+    status_json_of(gw, &gw.policy.current())
+}
+
+/// [`status_json`] for one runtime snapshot (a page that also reads `rt` shows one policy).
+pub fn status_json_of(gw: &Gateway, rt: &Runtime) -> serde_json::Value {
     let st = gw.policy.status();
     let plugins: Vec<_> = rt
         .chain
@@ -62,6 +67,7 @@ pub fn status_json(gw: &Gateway) -> serde_json::Value {
                 "instances": p.instances,
                 "instances_from": p.instances_from(),
                 "declared_stateless": p.declared_stateless,
+                "kinds": p.kinds.names(),
                 "on_error": p.settings.on_error,
                 "deadline_ms": p.settings.deadline.as_millis() as u64,
                 "memory_mb": p.settings.memory_bytes >> 20,

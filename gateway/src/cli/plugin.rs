@@ -231,6 +231,7 @@ async fn check(file: &Path, args: &LoadArgs) -> Result<(), CliError> {
         l.load_check_time.as_millis()
     );
     println!("  hooks:    {}", hook_names(l.plugin.hooks).join(", "));
+    println!("  kinds:    {}", l.plugin.kinds.names().join(", "));
     println!(
         "  pooling:  {}",
         if l.plugin.declared_stateless {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::bindings::{Call, Completion, Hooks, Outcome, Tool, Usage, Verdict};
+use super::bindings::{Call, CallKind, Completion, Hooks, Outcome, Tool, Usage, Verdict};
 use super::host::CallHolds;
 use super::instance::Instance;
 use super::loaded::LoadedPlugin;
@@ -132,10 +132,14 @@ impl CallSession {
         &self.chain
     }
 
-    /// Indices of plugins that implement `hook` and have not been skipped.
-    fn due(&self, hook: Hooks) -> Vec<usize> {
+    /// Indices of plugins that implement `hook`, decide about calls of `kind` (`declare-kinds`)
+    /// and have not been skipped.
+    fn due(&self, hook: Hooks, kind: CallKind) -> Vec<usize> {
         (0..self.chain.plugins.len())
-            .filter(|&i| !self.skipped[i] && self.chain.plugins[i].hooks.contains(hook))
+            .filter(|&i| {
+                let p = &self.chain.plugins[i];
+                !self.skipped[i] && p.hooks.contains(hook) && p.kinds.contains(kind)
+            })
             .collect()
     }
 
@@ -293,7 +297,7 @@ impl CallSession {
         mut decision: RequestDecision,
     ) -> Result<RequestDecision, CallError> {
         for i in self
-            .due(Hooks::ON_REQUEST)
+            .due(Hooks::ON_REQUEST, call.kind)
             .into_iter()
             .filter(|&i| i >= from)
         {
@@ -310,7 +314,7 @@ impl CallSession {
                 }
             };
             self.note(i, "on-request", &mut outcome);
-            let plugin = self.chain.plugins[i].name.to_string();
+            let plugin = || self.chain.plugins[i].name.to_string();
             match outcome.verdict {
                 Verdict::Allow => {}
                 Verdict::Rewrite(body) => {
@@ -320,7 +324,7 @@ impl CallSession {
                 Verdict::Route(targets) => decision.route = Some(targets),
                 Verdict::Deny(d) => {
                     return Err(CallError::Denied {
-                        plugin,
+                        plugin: plugin(),
                         status: d.status,
                         code: d.code,
                         message: d.message,
@@ -329,7 +333,7 @@ impl CallSession {
                 Verdict::Hold(h) => {
                     self.held = Some((i, decision));
                     return Err(CallError::ApprovalRequired {
-                        plugin,
+                        plugin: plugin(),
                         hold: Box::new(h.into()),
                     });
                 }
@@ -345,7 +349,7 @@ impl CallSession {
         call: &Call,
         mut body: String,
     ) -> Result<String, CallError> {
-        for i in self.due(Hooks::ON_RESPONSE) {
+        for i in self.due(Hooks::ON_RESPONSE, call.kind) {
             self.admit(i, "on-response").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_response(call, &body).await,
@@ -359,13 +363,13 @@ impl CallSession {
                 }
             };
             self.note(i, "on-response", &mut outcome);
-            let plugin = self.chain.plugins[i].name.to_string();
+            let plugin = || self.chain.plugins[i].name.to_string();
             match outcome.verdict {
                 Verdict::Allow | Verdict::Route(_) => {}
                 Verdict::Rewrite(b) => body = b,
                 Verdict::Deny(d) => {
                     return Err(CallError::Denied {
-                        plugin,
+                        plugin: plugin(),
                         status: d.status,
                         code: d.code,
                         message: d.message,
@@ -373,7 +377,7 @@ impl CallSession {
                 }
                 Verdict::Hold(h) => {
                     return Err(CallError::ApprovalRequired {
-                        plugin,
+                        plugin: plugin(),
                         hold: Box::new(h.into()),
                     });
                 }
@@ -399,7 +403,7 @@ impl CallSession {
         last: bool,
     ) -> Result<String, CallError> {
         let mut text = delta;
-        for i in self.due(Hooks::ON_TEXT) {
+        for i in self.due(Hooks::ON_TEXT, call.kind) {
             self.admit(i, "on-text").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.on_text(call, &text, last).await,
@@ -415,7 +419,7 @@ impl CallSession {
 
     /// Run `on-complete`; failures are noted, never change the finished call.
     pub async fn on_complete(&mut self, call: &Call, usage: &Usage, status: &Completion) {
-        for i in self.due(Hooks::ON_COMPLETE) {
+        for i in self.due(Hooks::ON_COMPLETE, call.kind) {
             // A refusal is noted; the finished call stands.
             if self.admit(i, "on-complete").await.is_err() {
                 continue;
@@ -437,7 +441,7 @@ impl CallSession {
         call: &Call,
         mut tools: Vec<Tool>,
     ) -> Result<Vec<Tool>, CallError> {
-        for i in self.due(Hooks::FILTER_TOOLS) {
+        for i in self.due(Hooks::FILTER_TOOLS, call.kind) {
             self.admit(i, "filter-tools").await?;
             let result = match self.instance(i).await {
                 Ok(inst) => inst.filter_tools(call, &tools).await,

@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::palisade::policy::{host, types};
-use super::bindings::{Amount, Level, ReserveError, Unit, Window};
+use super::bindings::{Amount, CallKind, Level, ReserveError, Unit, Window};
 use super::deadline::HookClock;
 use super::engine::EPOCH_TICK;
 use super::kv::Kv;
@@ -126,6 +126,8 @@ pub struct HostState {
     pub holds: Arc<CallHolds>,
     /// Set by `declare-stateless`; read once, after the load check's `init`.
     pub declared_stateless: bool,
+    /// Set by `declare-kinds`; read once, after the load check's `init`.
+    pub declared_kinds: CallKinds,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -151,6 +153,7 @@ impl HostState {
             reservations: Vec::new(),
             holds: Arc::default(),
             declared_stateless: false,
+            declared_kinds: CallKinds::ALL,
             // No preopens, env, args, network or stdio: a capability-free WASI.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -301,5 +304,51 @@ impl host::Host for HostState {
 
     async fn declare_stateless(&mut self) {
         self.declared_stateless = true;
+    }
+
+    async fn declare_kinds(&mut self, kinds: Vec<CallKind>) {
+        self.declared_kinds = CallKinds::of(&kinds);
+    }
+}
+
+/// A set of call kinds: the ones a plugin decides about (`declare-kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallKinds(u8);
+
+impl CallKinds {
+    /// Every kind: a plugin that declared nothing, or an empty list.
+    pub const ALL: CallKinds = CallKinds(0b111);
+
+    fn bit(kind: CallKind) -> u8 {
+        match kind {
+            CallKind::LlmCall => 1,
+            CallKind::ToolCall => 2,
+            CallKind::ToolList => 4,
+        }
+    }
+
+    /// The set of `kinds`; an empty list is every kind.
+    pub fn of(kinds: &[CallKind]) -> CallKinds {
+        match kinds.iter().fold(0, |m, k| m | Self::bit(*k)) {
+            0 => Self::ALL,
+            m => CallKinds(m),
+        }
+    }
+
+    pub fn contains(self, kind: CallKind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    /// The kinds' WIT names, for status pages and `palisade plugin check`.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (CallKind::LlmCall, "llm-call"),
+            (CallKind::ToolCall, "tool-call"),
+            (CallKind::ToolList, "tool-list"),
+        ]
+        .into_iter()
+        .filter(|(k, _)| self.contains(*k))
+        .map(|(_, n)| n)
+        .collect()
     }
 }

@@ -104,6 +104,11 @@ impl Instance {
         self.store.data().declared_stateless
     }
 
+    /// The kinds of call the plugin declared it decides about (`declare-kinds`, in `init`).
+    pub fn declared_kinds(&self) -> super::host::CallKinds {
+        self.store.data().declared_kinds
+    }
+
     /// Peak linear memory this instance has grown to.
     pub fn peak_memory(&self) -> usize {
         self.store.data().limiter.peak_bytes

@@ -17,7 +17,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::bindings::{Hooks, PluginPre};
-use super::host::{CallHolds, HostServices, HostState};
+use super::host::{CallHolds, CallKinds, HostServices, HostState};
 use super::instance::Instance;
 use crate::core::error::PluginFault;
 use crate::core::settings::{Instances, PluginSettings};
@@ -72,6 +72,9 @@ pub struct LoadedPlugin {
     pub hooks: Hooks,
     /// Whether the load check's `init` called `declare-stateless`.
     pub declared_stateless: bool,
+    /// The kinds of call the plugin decides about (`declare-kinds` in the load check's `init`;
+    /// every kind if it declared none): its hooks are not run for calls of other kinds.
+    pub kinds: CallKinds,
     /// How this plugin's instances live: the operator's `instances`, or else pooled if the
     /// plugin declared itself stateless and fresh if not.
     pub instances: Instances,
@@ -195,6 +198,7 @@ impl LoadedPlugin {
             sha256: compiled.sha256.clone(),
             hooks: Hooks::empty(),
             declared_stateless: false,
+            kinds: CallKinds::ALL,
             instances: Instances::Fresh,
             pre: compiled.pre.clone(),
             compiled,
@@ -213,6 +217,7 @@ impl LoadedPlugin {
             })?;
         plugin.hooks = hooks;
         plugin.declared_stateless = inst.declared_stateless();
+        plugin.kinds = inst.declared_kinds();
         plugin.instances = match plugin.settings.instances {
             Some(configured) => configured,
             None if plugin.declared_stateless => Instances::Pooled,

@@ -266,6 +266,17 @@ impl Plugin for Approvals {
         }
         // The value holds only the parsed rules: instances may be reused across calls.
         host::declare_stateless();
+        // Only the kinds some rule can hold: with tool rules only, LLM calls skip this plugin.
+        let mut kinds = Vec::new();
+        if rules.iter().any(|r| !r.raw.tools.is_empty()) {
+            kinds.push(CallKind::ToolCall);
+        }
+        if rules.iter().any(|r| !r.raw.models.is_empty()) {
+            kinds.push(CallKind::LlmCall);
+        }
+        if !kinds.is_empty() {
+            host::declare_kinds(&kinds);
+        }
         Ok(Approvals { rules })
     }
 

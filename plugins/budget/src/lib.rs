@@ -276,6 +276,8 @@ impl Plugin for Budget {
         // Per-call state is reset in `on-request` and keyed by request id, so instances may be
         // reused; the spend itself lives in the host's ledger.
         host::declare_stateless();
+        // Listings cost nothing and are never refused.
+        host::declare_kinds(&[CallKind::LlmCall, CallKind::ToolCall]);
         Ok(Budget {
             rules,
             reservation: None,

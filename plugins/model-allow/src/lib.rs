@@ -51,6 +51,8 @@ impl Plugin for ModelAllow {
             serde_json::from_value(config).map_err(|e| format!("model-allow config: {e}"))?;
         // The value holds only the parsed config: instances may be reused across calls.
         host::declare_stateless();
+        // Tool calls and listings are not this plugin's business.
+        host::declare_kinds(&[CallKind::LlmCall]);
         Ok(ModelAllow { rules })
     }
 

@@ -420,6 +420,8 @@ impl Plugin for Pii {
         }
         // Per-call state is keyed by request id (see `begin`), so instances may be reused.
         host::declare_stateless();
+        // A listing carries no text of the agent's to scan.
+        host::declare_kinds(&[CallKind::LlmCall, CallKind::ToolCall]);
         Ok(Pii {
             actions,
             detectors,

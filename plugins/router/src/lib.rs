@@ -216,6 +216,8 @@ impl Plugin for Router {
         // The value holds only the parsed config (the weighted draw hashes the request id):
         // instances may be reused across calls.
         host::declare_stateless();
+        // Only LLM calls have provider targets to route.
+        host::declare_kinds(&[CallKind::LlmCall]);
         Ok(Router {
             rules,
             none: TargetFacts::default(),

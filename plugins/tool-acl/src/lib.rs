@@ -362,6 +362,8 @@ impl Plugin for ToolAcl {
         let acl = Acl::from_config(config)?;
         // The value holds only the parsed rules: instances may be reused across calls.
         host::declare_stateless();
+        // LLM calls are not this plugin's business.
+        host::declare_kinds(&[CallKind::ToolCall, CallKind::ToolList]);
         Ok(ToolAcl { acl })
     }
 
