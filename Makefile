@@ -63,9 +63,10 @@ $(DIST)/business-hours-js.wasm: $(JS_PLUGIN)/business_hours.js $(JS_PLUGIN)/pack
 	cd $(JS_PLUGIN) && npm run --silent build
 
 ## The demo needs only the Rust plugins (no Python or npm).
-## `make demo KEEP=1` keeps the gateway (and its console) up after the scenes, until Ctrl-C.
+## `make demo KEEP=1` keeps the gateway (and its console) up after the scenes, until Ctrl-C
+## (only the value 1 does: KEEP=0 or KEEP= runs the scenes and stops).
 demo: plugins-rust
-	$(CARGO) run --quiet -p palisade -- demo $(if $(KEEP),--keep)
+	$(CARGO) run --quiet -p palisade -- demo $(if $(filter 1,$(KEEP)),--keep)
 
 ## The release tarball (target/dist/palisade-VERSION-ARCH-linux.tar.gz): the stripped binary,
 ## the shipped plugins with their compiled cache, an example config and a systemd unit.

@@ -406,6 +406,11 @@ async fn each_role_sees_and_does_only_what_it_may() {
     for page in ["/console/agents", "/console/audit", "/console/spend"] {
         assert_eq!(c.get(page).await.status, 403, "{page}");
     }
+    // The policy page shows approvers the chain, not the MCP servers (nor plugin configs).
+    let p = c.get("/console/policy").await;
+    assert_eq!(p.status, 200);
+    assert!(p.text.contains("id=\"plugins\"") && !p.text.contains("MCP servers"));
+    assert!(a.get("/console/policy").await.text.contains("MCP servers"));
     assert_eq!(c.get("/console/audit/export.csv").await.status, 403);
 }
 
@@ -497,6 +502,28 @@ async fn the_inbox_votes_under_the_api_rules() {
     let alice = user(&gw, "alice", &["approver"], &["ops"]).await;
     let outsider = user(&gw, "olga", &["approver"], &["finance"]).await;
     let carol = user(&gw, "carol", &["approver"], &["ops"]).await;
+    user(&gw, "dmitri", &["approver"], &["ops"]).await;
+    let (_, users) = gw
+        .admin("GET", "/admin/api/users", ADMIN_TOKEN, Value::Null)
+        .await;
+    let dmitri = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "dmitri")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = gw
+        .admin(
+            "POST",
+            &format!("/admin/api/users/{dmitri}/disable"),
+            ADMIN_TOKEN,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 200);
     let body = chat_body("gpt-4o-approved", "refund <b>order</b> 1234");
     let r = gw.chat(SUPPORT_KEY, &body).await;
     assert_eq!(r.code(), "approval_pending", "{}", r.json);
@@ -546,6 +573,8 @@ async fn the_inbox_votes_under_the_api_rules() {
     c.sign_in(&carol).await;
     let p = c.get(&format!("/console/approvals/{id}")).await;
     assert!(p.text.contains("id=\"approve\""), "{}", p.text);
+    assert!(p.text.contains("May still vote: carol"), "{}", p.text);
+    assert!(!p.text.contains("dmitri"), "a disabled user is not listed");
     let r = c
         .post(
             &format!("/console/approvals/{id}/decide"),
@@ -654,6 +683,30 @@ async fn roles_changed_or_user_disabled_end_console_access_at_once(db: Db) {
         )
         .await;
     assert_eq!(s, 409);
+    // Nor lose their last live token.
+    let (s, toks) = gw
+        .admin(
+            "GET",
+            &format!("/admin/api/users/{admin_id}/tokens"),
+            ADMIN_TOKEN,
+            Value::Null,
+        )
+        .await;
+    assert_eq!((s, toks.as_array().unwrap().len()), (200, 1), "{toks}");
+    let tok_id = toks[0]["id"].as_str().unwrap();
+    let (s, v) = gw
+        .admin(
+            "DELETE",
+            &format!("/admin/api/users/{admin_id}/tokens/{tok_id}"),
+            ADMIN_TOKEN,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = gw
+        .admin("GET", "/admin/api/whoami", ADMIN_TOKEN, Value::Null)
+        .await;
+    assert_eq!(s, 200, "the token still works");
     // Only admins manage users.
     let (s, _) = gw
         .admin(
@@ -726,4 +779,77 @@ async fn a_runs_tree_shows_every_hop_with_its_cost() {
         p.text
     );
     assert!(p.text.contains("$0.004230 in all"), "{}", p.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_per_user_and_a_new_sign_in_ends_the_old_one() {
+    let gw = TestGateway::start(&[], "").await;
+    let tok = user(&gw, "gina", &["auditor"], &[]).await;
+    let mut admin = Browser::new(&gw);
+    assert_eq!(admin.sign_in(ADMIN_TOKEN).await.status, 303);
+
+    // Signing in again in the same browser ends the session its cookie named.
+    let mut b = Browser::new(&gw);
+    b.sign_in(&tok).await;
+    let first = b.cookies["palisade_console"].clone();
+    b.sign_in(&tok).await;
+    assert_ne!(b.cookies["palisade_console"], first);
+    assert_eq!(b.get("/console").await.status, 200);
+    let mut replay = Browser::new(&gw);
+    replay.cookies.insert("palisade_console".into(), first);
+    assert_eq!(replay.get("/console").await.status, 303);
+
+    // Ten more sessions for gina: her oldest goes, nobody else's does.
+    let mut many = Vec::new();
+    for _ in 0..10 {
+        let mut x = Browser::new(&gw);
+        assert_eq!(x.sign_in(&tok).await.status, 303);
+        many.push(x);
+    }
+    assert_eq!(b.get("/console").await.status, 303, "gina's oldest ended");
+    for x in &mut many {
+        assert_eq!(x.get("/console").await.status, 200);
+    }
+    assert_eq!(admin.get("/console").await.status, 200, "the admin's stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_addresses_answer_plainly() {
+    let gw = TestGateway::start(&[], "").await;
+    let mut b = Browser::new(&gw);
+    b.sign_in(ADMIN_TOKEN).await;
+    // A blank run id goes back to the spend page instead of redirecting to itself.
+    for path in ["/console/spend/runs/?run=", "/console/spend/runs?run=%20"] {
+        let r = b.get(path).await;
+        assert_eq!((r.status, r.location()), (303, "/console/spend"), "{path}");
+    }
+    let r = b.get("/console/spend/runs/?run=run_x").await;
+    assert_eq!((r.status, r.location()), (303, "/console/spend/runs/run_x"));
+    assert!(b.get("/console/spend").await.text.contains("required"));
+    // Sequence numbers below 1 (the smallest i64 too) are simply not there.
+    for seq in ["0", "-1", "-9223372036854775808"] {
+        let r = b.get(&format!("/console/audit/{seq}")).await;
+        assert_eq!(r.status, 404, "{seq}: {}", r.text);
+    }
+
+    // Filters the form has no field for stay in the search and in the export link.
+    let p = b
+        .get("/console/audit?run_id=run_1&target=a%26b&request_id=req-9&owner=o&agent=x")
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    for hidden in [
+        "type=\"hidden\" name=\"run_id\" value=\"run_1\"",
+        "type=\"hidden\" name=\"target\" value=\"a&amp;b\"",
+        "type=\"hidden\" name=\"request_id\" value=\"req-9\"",
+        "type=\"hidden\" name=\"owner\" value=\"o\"",
+    ] {
+        assert!(p.text.contains(hidden), "{hidden} in {}", p.text);
+    }
+    assert!(
+        p.text.contains(
+            "export.csv?agent=x&amp;owner=o&amp;target=a%26b&amp;run_id=run_1&amp;request_id=req-9\""
+        ),
+        "{}",
+        p.text
+    );
 }

@@ -96,10 +96,10 @@ pub const AGENT_CSV_COLUMNS: &[&str] = &[
 ];
 
 /// One CSV field, neutralised if a spreadsheet would run it as a formula, then quoted if it has
-/// to be.
+/// to be. A `;` is quoted too: spreadsheets in locales whose list separator is `;` split on it.
 pub fn csv_field(s: &str) -> Cow<'_, str> {
     let s = neutralise_formula(s);
-    if s.contains([',', '"', '\r', '\n']) {
+    if s.contains([',', ';', '"', '\r', '\n']) {
         Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
     } else {
         s
@@ -264,6 +264,9 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+        // A `;`-separating spreadsheet would split these into a second cell, here a formula.
+        assert_eq!(csv_field("a;b"), "\"a;b\"");
+        assert_eq!(csv_field("x;=cmd()"), "\"x;=cmd()\"");
     }
 
     #[test]
@@ -282,6 +285,9 @@ mod tests {
         assert_eq!(csv_field("+1.5"), "+1.5");
         assert_eq!(csv_field("-inf"), "'-inf");
         assert_eq!(csv_field("a=b"), "a=b");
+        // Neutralised first, then quoted for the `;`.
+        assert_eq!(csv_field("=SUM(A1;A2)"), "\"'=SUM(A1;A2)\"");
+        assert_eq!(csv_field("@x;y"), "\"'@x;y\"");
     }
 
     #[test]

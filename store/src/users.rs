@@ -167,6 +167,47 @@ const INSERT_USER: &str =
 const INSERT_TOKEN: &str = "INSERT INTO user_tokens (id, user_id, token_hash, prefix, \
      created_at) VALUES ($1, $2, $3, $4, $5)";
 
+/// Inside a change's `begin_exclusive` transaction `$tx`, before it takes admin powers from
+/// user `$user_id` (demoting or disabling them, `$except_token` empty; or revoking their token
+/// `$except_token`): return Conflict from the enclosing block unless an enabled admin with a
+/// live token would remain. The exclusive transaction serialises such changes on both
+/// backends, so two admins disabling each other at once cannot both pass (a lone conditional
+/// `UPDATE` would not do on PostgreSQL: under READ COMMITTED each sees the other still enabled).
+macro_rules! keep_an_admin {
+    ($tx:ident, $user_id:expr, $except_token:expr, $now:expr) => {{
+        let (user_id, except_token, now): (&str, &str, i64) = ($user_id, $except_token, $now);
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let user: Option<UserRow> = sqlx::query_as(&sql)
+            .bind(user_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        if let Some(u) = user
+            && u.disabled_at.is_none()
+            && u.roles.0.contains(&Role::Admin)
+        {
+            // Demoted or disabled: their other tokens go too; revoked: only that token does.
+            let except_user = if except_token.is_empty() { user_id } else { "" };
+            let holders: Vec<Json<Vec<Role>>> = sqlx::query_scalar(
+                "SELECT u.roles FROM users u JOIN user_tokens t ON t.user_id = u.id \
+                 WHERE u.id <> $1 AND t.id <> $2 AND u.disabled_at IS NULL \
+                 AND (t.revoked_at IS NULL OR t.revoked_at > $3)",
+            )
+            .bind(except_user)
+            .bind(except_token)
+            .bind(now)
+            .fetch_all(&mut *$tx)
+            .await?;
+            if !holders.iter().any(|r| r.0.contains(&Role::Admin)) {
+                return Err(StoreError::conflict(
+                    "user",
+                    u.name,
+                    "is the last enabled admin with a live token; make another admin first",
+                ));
+            }
+        }
+    }};
+}
+
 impl Store {
     /// Add a user. Conflict if the name is taken.
     pub async fn create_user(
@@ -224,45 +265,71 @@ impl Store {
         Ok(rows.into_iter().map(User::from).collect())
     }
 
-    /// Replace a user's roles.
+    /// Replace a user's roles. NotFound if there is no such user; Conflict if that would take
+    /// the admin role from the last enabled admin with a live token.
     pub async fn set_user_roles(&self, user_id: &str, roles: &[Role]) -> Result<User, StoreError> {
-        let done = on_pool!(self, |pool| {
-            sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
-                .bind(Json(sorted_roles(roles)))
-                .bind(user_id)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(StoreError::not_found("user", user_id));
-        }
+        let roles = sorted_roles(roles);
+        let demotes = !roles.contains(&Role::Admin);
+        let owned = user_id.to_string();
+        self.detached(move |store| async move {
+            let id = owned.as_str();
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                if demotes {
+                    keep_an_admin!(tx, id, "", now_ms());
+                }
+                let done = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
+                    .bind(Json(roles))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done == 0 {
+                    return Err(StoreError::not_found("user", id));
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
         self.get_user(user_id).await
     }
 
     /// Disable (`true`) or enable a user. A disabled user's tokens stop authenticating at once;
-    /// nothing else of theirs changes. NotFound if there is no such user.
+    /// nothing else of theirs changes. NotFound if there is no such user; Conflict if it is the
+    /// last enabled admin with a live token.
     pub async fn set_user_disabled(
         &self,
         user_id: &str,
         disabled: bool,
     ) -> Result<User, StoreError> {
         let at = disabled.then(now_ms);
-        let done = on_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE users SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END \
-                 WHERE id = $3",
-            )
-            .bind(disabled)
-            .bind(at)
-            .bind(user_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if done == 0 {
-            return Err(StoreError::not_found("user", user_id));
-        }
+        let owned = user_id.to_string();
+        self.detached(move |store| async move {
+            let id = owned.as_str();
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                if disabled {
+                    keep_an_admin!(tx, id, "", now_ms());
+                }
+                let done = sqlx::query(
+                    "UPDATE users SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) \
+                     END WHERE id = $3",
+                )
+                .bind(disabled)
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if done == 0 {
+                    return Err(StoreError::not_found("user", id));
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await?;
         self.get_user(user_id).await
     }
 
@@ -304,24 +371,38 @@ impl Store {
     }
 
     /// Revoke an admin token now (a revoked one stays as it was). NotFound if there is no such
-    /// token.
+    /// token; Conflict if it is the last live token of the last enabled admin.
     pub async fn revoke_user_token(&self, token_id: &str) -> Result<(), StoreError> {
-        let found: Option<String> = on_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now_ms())
-            .bind(token_id)
-            .execute(pool)
-            .await?;
-            sqlx::query_scalar("SELECT id FROM user_tokens WHERE id = $1")
-                .bind(token_id)
-                .fetch_optional(pool)
-                .await?
-        });
-        found
-            .map(|_| ())
-            .ok_or_else(|| StoreError::not_found("token", token_id))
+        let token_id = token_id.to_string();
+        self.detached(move |store| async move {
+            let id = token_id.as_str();
+            let now = now_ms();
+            on_pool!(store, |pool| {
+                let mut tx = pool.begin_exclusive().await?;
+                let holder: Option<(String, Option<i64>)> =
+                    sqlx::query_as("SELECT user_id, revoked_at FROM user_tokens WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some((user_id, revoked_at)) = holder else {
+                    return Err(StoreError::not_found("token", id));
+                };
+                if revoked_at.is_none() {
+                    keep_an_admin!(tx, &user_id, id, now);
+                    sqlx::query(
+                        "UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 \
+                         AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// The user holding this live token, if any; records the use.

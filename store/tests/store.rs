@@ -30,6 +30,7 @@ on_both!(
     concurrent_config_sync,
     keys_lifecycle,
     users_roles_tokens,
+    the_last_admin_stays,
     audit_concurrent_appends_form_one_chain,
     audit_verify_finds_changed_row,
     audit_verify_finds_deleted_middle_row,
@@ -587,6 +588,92 @@ async fn users_roles_tokens(db: &TestDb) {
     assert_eq!(names, ["ann", "root"]);
     assert_eq!(s.find_user("root").await.unwrap(), Some(root));
     assert_eq!(s.find_user("nobody").await.unwrap(), None);
+}
+
+async fn the_last_admin_stays(db: &TestDb) {
+    let s = &db.store;
+    let admin = |name: &'static str| async move {
+        let u = s.create_user(name, "", &[Role::Admin]).await.unwrap();
+        let t = s.create_user_token(&u.id).await.unwrap();
+        (u, t)
+    };
+    let conflict = |e: StoreError| assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+
+    // Two admins disable each other at once (two stores, as two replicas): one wins.
+    let mut prev: Option<palisade_store::User> = None;
+    for round in 0..4 {
+        let (a, _) = admin(["a0", "a1", "a2", "a3"][round]).await;
+        let (b, _) = admin(["b0", "b1", "b2", "b3"][round]).await;
+        if let Some(p) = prev.take() {
+            // The last round's admin steps down, leaving a and b.
+            s.set_user_roles(&p.id, &[Role::Auditor]).await.unwrap();
+        }
+        let other = db.second_store().await;
+        let (ra, rb) = tokio::join!(
+            s.set_user_disabled(&a.id, true),
+            other.set_user_disabled(&b.id, true)
+        );
+        assert!(ra.is_ok() != rb.is_ok(), "round {round}: {ra:?} {rb:?}");
+        // Demoting each other: the survivor is alone, so both are refused now.
+        let alive = if ra.is_ok() { &b } else { &a };
+        conflict(
+            s.set_user_roles(&alive.id, &[Role::Auditor])
+                .await
+                .unwrap_err(),
+        );
+        conflict(s.set_user_disabled(&alive.id, true).await.unwrap_err());
+        // Cleared for the next round: the disabled one comes back and the survivor goes.
+        let gone = if ra.is_ok() { &a } else { &b };
+        s.set_user_disabled(&gone.id, false).await.unwrap();
+        s.set_user_roles(&alive.id, &[Role::Auditor]).await.unwrap();
+        conflict(
+            s.set_user_roles(&gone.id, &[Role::Auditor])
+                .await
+                .unwrap_err(),
+        );
+        prev = Some(gone.clone());
+        other.close().await;
+    }
+
+    // Demote and disable at once, on each other: one wins.
+    let (c, _) = admin("c").await;
+    let (d, _) = admin("d").await;
+    s.set_user_roles(&prev.unwrap().id, &[Role::Auditor])
+        .await
+        .unwrap();
+    let (rc, rd) = tokio::join!(
+        s.set_user_roles(&c.id, &[Role::Approver]),
+        s.set_user_disabled(&d.id, true)
+    );
+    assert!(rc.is_ok() != rd.is_ok(), "{rc:?} {rd:?}");
+    let last = if rc.is_ok() { d } else { c };
+
+    // The last admin's last live token stays; with a second one, either may go.
+    let tokens = s.list_user_tokens(&last.id).await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    conflict(s.revoke_user_token(&tokens[0].id).await.unwrap_err());
+    let spare = s.create_user_token(&last.id).await.unwrap();
+    s.revoke_user_token(&tokens[0].id).await.unwrap();
+    s.revoke_user_token(&tokens[0].id).await.unwrap(); // already revoked: as it was
+    conflict(s.revoke_user_token(&spare.id).await.unwrap_err());
+    assert!(s.authenticate_user(&spare.secret).await.unwrap().is_some());
+    // An admin without a live token does not count.
+    let (e, et) = admin("e").await;
+    let e_tokens = s.list_user_tokens(&e.id).await.unwrap();
+    assert_eq!(e_tokens[0].id, et.id);
+    s.revoke_user_token(&et.id).await.unwrap();
+    conflict(s.set_user_disabled(&last.id, true).await.unwrap_err());
+    // Non-admins and unknown users are not guarded.
+    let f = s.create_user("f", "", &[Role::Auditor]).await.unwrap();
+    s.set_user_disabled(&f.id, true).await.unwrap();
+    assert!(matches!(
+        s.set_user_disabled("usr_nope", true).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    assert!(matches!(
+        s.set_user_roles("usr_nope", &[]).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
 }
 
 async fn audit_concurrent_appends_form_one_chain(db: &TestDb) {

@@ -339,13 +339,22 @@ def test_auditor_exports_the_days_audit_sees_no_admin_buttons_and_forged_posts_f
     page.goto(f"/console/approvals/{held}")
     assert page.locator("#approve").count() == 0, "auditors do not vote"
 
-    # A forged POST (the browser's own cookies, no CSRF token) is refused, and changes nothing.
-    r = page.request.post(f"{gw.url}/console/agents/mailer/suspend", form={"x": "1"}, max_redirects=0)
-    assert r.status == 403, r.status
+    # A forged POST (the browser's own cookies, no CSRF token or another one) is refused, and
+    # changes nothing: forged as the admin, whose role would allow it, so only the CSRF check
+    # stands in the way, and the answer says so.
+    boss = signed_in(browser, gw, ADMIN_TOKEN)
+    for form in [{"x": "1"}, {"csrf": "0" * 64}]:
+        r = boss.request.post(f"{gw.url}/console/agents/mailer/suspend", form=form, max_redirects=0)
+        assert r.status == 403, r.status
+        assert "CSRF token is missing or belongs to another session" in r.text(), r.text()
+    boss.context.close()
+    s, agent = admin(gw, "GET", "/admin/api/agents/mailer", ADMIN_TOKEN)
+    assert s == 200 and agent["agent"]["status"] == "active"
     # Nor may an auditor do what the page does not offer, token or not.
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     r = page.request.post(f"{gw.url}/console/agents/mailer/suspend", form={"csrf": csrf}, max_redirects=0)
     assert r.status == 403, r.status
+    assert "CSRF" not in r.text(), "refused by role, the token being right"
     s, agent = admin(gw, "GET", "/admin/api/agents/mailer", ADMIN_TOKEN)
     assert s == 200 and agent["agent"]["status"] == "active"
 

@@ -1,14 +1,16 @@
 //! Users of the admin side (admins, approvers, auditors) and their API tokens: create, list,
 //! add and revoke tokens, change roles, disable and enable. A revoked token or a disabled user
-//! stops authenticating at once, console sessions included. The last enabled admin cannot be
-//! demoted or disabled (nobody could administer the gateway after).
+//! stops authenticating at once, console sessions included. The last enabled admin with a live
+//! token can be neither demoted nor disabled, nor lose that last token (nobody could administer
+//! the gateway after); the store checks and changes in one transaction, so two admins acting on
+//! each other at once cannot both succeed.
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use palisade_store::{Role, TokenInfo, User};
+use palisade_store::{Role, TokenInfo};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -85,6 +87,7 @@ pub async fn revoke_token(gw: &Arc<Gateway>, parts: &Parts, id: &str, token: &st
             message: format!("user {id:?} has no token {token:?}"),
         });
     }
+    // The store refuses (409) to revoke the last live token of the last enabled admin.
     gw.store
         .revoke_user_token(token)
         .await
@@ -107,31 +110,11 @@ struct RolesBody {
     roles: Vec<Role>,
 }
 
-/// Refuse a change that would leave no enabled admin.
-async fn keep_an_admin(gw: &Gateway, changed: &User, still_admin: bool) -> Result<(), CallError> {
-    if still_admin || !changed.has_role(Role::Admin) || changed.disabled_at.is_some() {
-        return Ok(());
-    }
-    let users = gw.store.list_users().await.map_err(store_error)?;
-    let others = users
-        .iter()
-        .filter(|u| u.id != changed.id && u.has_role(Role::Admin) && u.disabled_at.is_none())
-        .count();
-    if others == 0 {
-        return Err(CallError::Conflict(format!(
-            "user '{}' is the last enabled admin; make another admin first",
-            changed.name
-        )));
-    }
-    Ok(())
-}
-
 /// `PUT /admin/api/users/{id}/roles` with `{"roles": [...]}`: replace them.
 pub async fn set_roles(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incoming) -> Reply {
     let admin = auth::require(gw, parts, auth::ADMIN).await?;
     let b: RolesBody = read_json(body).await?;
-    let user = gw.store.get_user(id).await.map_err(store_error)?;
-    keep_an_admin(gw, &user, b.roles.contains(&Role::Admin)).await?;
+    // The store refuses (409) to demote the last enabled admin with a live token, atomically.
     let user = gw
         .store
         .set_user_roles(id, &b.roles)
@@ -151,10 +134,7 @@ pub async fn set_roles(gw: &Arc<Gateway>, parts: &Parts, id: &str, body: Incomin
 /// `POST /admin/api/users/{id}/disable` or `/enable`.
 pub async fn set_disabled(gw: &Arc<Gateway>, parts: &Parts, id: &str, disabled: bool) -> Reply {
     let admin = auth::require(gw, parts, auth::ADMIN).await?;
-    let user = gw.store.get_user(id).await.map_err(store_error)?;
-    if disabled {
-        keep_an_admin(gw, &user, false).await?;
-    }
+    // The store refuses (409) to disable the last enabled admin with a live token, atomically.
     let user = gw
         .store
         .set_user_disabled(id, disabled)

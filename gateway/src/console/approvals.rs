@@ -68,13 +68,14 @@ pub async fn inbox(gw: &Gateway, s: &Session) -> Page {
     ))
 }
 
-/// Users who may still vote on `a`: voters of its group, not its owner (unless the config
-/// allows it), not yet voted.
+/// Users who may still vote on `a`: enabled voters of its group, not its owner (unless the
+/// config allows it), not yet voted.
 async fn may_still_vote(gw: &Gateway, a: &Approval) -> Result<Vec<String>, ConsoleError> {
     let owner_may = gw.policy.current().settings.approvals.owner_may_approve;
     let mut out = Vec::new();
     for u in gw.store.list_users().await.map_err(store_error)? {
-        if !auth::allows(&u, VOTE)
+        if u.disabled_at.is_some()
+            || !auth::allows(&u, VOTE)
             || (!owner_may && crate::approvals::is_owner(&a.owner, &u))
             || a.votes.iter().any(|v| v.voter_id == u.id)
         {

@@ -36,10 +36,27 @@ fn has_verdict(r: &AuditRecord, verdict: &str) -> bool {
     })
 }
 
+/// Every key the selection is made of: what [`filter_from_query`] reads, and the verdict.
+const KEYS: [&str; 11] = [
+    "agent",
+    "team",
+    "owner",
+    "from",
+    "to",
+    "kind",
+    "target",
+    "verdict",
+    "status",
+    "run_id",
+    "request_id",
+];
+/// The keys the search form has no field for (a link such as a run's "its events" sets them);
+/// the form carries them as hidden inputs so a new search keeps them.
+const HIDDEN_KEYS: [&str; 4] = ["owner", "target", "run_id", "request_id"];
+
 /// The query string of the current selection (for the export link).
 fn query_of(f: &Form) -> String {
-    let keys = ["agent", "team", "from", "to", "kind", "verdict", "status"];
-    keys.iter()
+    KEYS.iter()
         .filter_map(|k| {
             let v = field(f, k);
             (!v.is_empty()).then(|| format!("{k}={}", super::agents::urlencode(v)))
@@ -48,7 +65,8 @@ fn query_of(f: &Form) -> String {
         .join("&")
 }
 
-/// `GET /console/audit?agent=&team=&from=&to=&kind=&verdict=&status=`.
+/// `GET /console/audit?agent=&team=&from=&to=&kind=&verdict=&status=` (and `owner`, `target`,
+/// `run_id`, `request_id`, which links set).
 pub async fn search(gw: &Gateway, s: &Session, f: &Form) -> Page {
     require(s, auth::READ)?;
     let (mut filter, verdict) = filter_of(f)?;
@@ -86,12 +104,19 @@ pub async fn search(gw: &Gateway, s: &Session, f: &Form) -> Page {
                 }
             } }
             label { "status" input name="status" value=(v("status")) size="4"; }
+            @for k in HIDDEN_KEYS {
+                @if !v(k).is_empty() { input type="hidden" name=(k) value=(v(k)); }
+            }
             button.primary #search type="submit" { "Search" }
             a #export href={ "/console/audit/export.csv?" (q) } { "Export this selection as CSV" }
         }
         form.inline method="post" action="/console/audit/verify" {
             (csrf(s))
             button #verify type="submit" { "Verify the hash chain" }
+        }
+        @let hidden: Vec<String> = HIDDEN_KEYS.iter().filter(|k| !v(k).is_empty()).map(|k| format!("{k} = {}", v(k))).collect();
+        @if !hidden.is_empty() {
+            p.muted #also-filtered { "Also filtered by " (hidden.join(", ")) ". " a href="/console/audit" { "Clear all filters" } }
         }
         p.muted #count { (shown.len()) " events" @if more { " (the first " (MAX_SHOWN) "; narrow the search or export)" } "." }
         table #events {
@@ -118,11 +143,12 @@ pub async fn search(gw: &Gateway, s: &Session, f: &Form) -> Page {
 /// `GET /console/audit/{seq}`: one event, every field.
 pub async fn event(gw: &Gateway, s: &Session, seq: &str) -> Page {
     require(s, auth::READ)?;
-    let n: i64 = seq
-        .parse()
-        .map_err(|_| ConsoleError::NotFound(format!("/console/audit/{seq}")))?;
+    // Sequence numbers start at 1; below that (i64::MIN included) there is nothing to find.
+    let not_found = || ConsoleError::NotFound(format!("/console/audit/{seq}"));
+    let n: i64 = seq.parse().map_err(|_| not_found())?;
+    let after = n.checked_sub(1).filter(|a| *a >= 0).ok_or_else(not_found)?;
     let filter = AuditFilter {
-        after_seq: Some(n - 1),
+        after_seq: Some(after),
         limit: Some(1),
         ..Default::default()
     };
@@ -205,4 +231,38 @@ pub async fn verify(gw: &Gateway, s: &Session) -> Page {
         StatusCode::OK,
         page(s, "/console/audit", "Audit verification", body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_export_link_carries_every_filter_key() {
+        let q: Form = [
+            ("agent", "a"),
+            ("team", "t"),
+            ("owner", "o"),
+            ("from", "2026-01-01"),
+            ("to", "2026-01-02"),
+            ("kind", "llm-call"),
+            ("target", "x&y"),
+            ("verdict", "deny"),
+            ("status", "403"),
+            ("run_id", "run_1"),
+            ("request_id", "req_2"),
+            ("csrf", "not a filter"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            query_of(&q),
+            "agent=a&team=t&owner=o&from=2026-01-01&to=2026-01-02&kind=llm-call&target=x%26y\
+             &verdict=deny&status=403&run_id=run_1&request_id=req_2"
+        );
+        // Whatever the filter reads from the link, the page read from its own query.
+        let back = crate::admin::query::parse(Some(&query_of(&q)));
+        assert_eq!(filter_of(&back).unwrap(), filter_of(&q).unwrap());
+    }
 }

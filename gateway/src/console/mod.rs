@@ -145,10 +145,12 @@ pub async fn route(gw: &Arc<Gateway>, parts: &Parts, body: Incoming) -> Response
         (&Method::POST, ["audit", "verify"]) => audit::verify(gw, &s).await,
         (&Method::GET, ["audit", seq]) => audit::event(gw, &s, seq).await,
         (&Method::GET, ["spend"]) => spend::page_of(gw, &s, &form).await,
-        (&Method::GET, ["spend", "runs"]) => Ok(redirect(&format!(
-            "/console/spend/runs/{}",
-            agents::urlencode(field(&form, "run"))
-        ))),
+        // The spend page's "open a run" form; a blank id goes back there (its path would
+        // come back here).
+        (&Method::GET, ["spend", "runs"]) => Ok(match field(&form, "run") {
+            "" => redirect("/console/spend"),
+            run => redirect(&format!("/console/spend/runs/{}", agents::urlencode(run))),
+        }),
         (&Method::GET, ["spend", "runs", run]) => spend::run(gw, &s, run).await,
         (&Method::GET, ["policy"]) => policy::page_of(gw, &s).await,
         _ => Err(ConsoleError::NotFound(path.to_string())),
@@ -302,7 +304,12 @@ mod session_pages {
                 layout::login_page(&expected, Some("Unknown or revoked token.")),
             );
         };
-        let (id, _) = session::create(gw, token);
+        // A session the browser still holds ends here: a new sign-in never shares a cookie
+        // value with an earlier one (whoever else knew it, or another user's, is out).
+        if let Some(old) = session::cookie(&parts.headers, session::COOKIE) {
+            session::destroy(&old);
+        }
+        let (id, _) = session::create(gw, &user, token);
         gw.audit_admin(&user.name, "console.signed_in", &user.id, 200)
             .await;
         let secure = session::is_secure(gw, &parts.headers);

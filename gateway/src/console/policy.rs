@@ -1,8 +1,9 @@
 //! Policy: the loaded plugin chain (name, file, SHA-256, hooks, mode, config), the policy
 //! version and the last reload; the MCP servers the config names; providers, routes and the
 //! circuit breakers. The same facts as `/admin/status`, plus plugin configs for readers of the
-//! registry (admin, auditor). Credentials are never shown: MCP servers' header values and
-//! stdio environments stay out.
+//! registry (admin, auditor), who alone see the MCP servers too. Credentials are never shown:
+//! MCP servers' header values, stdio arguments and environments stay out, and URLs lose their
+//! userinfo and query string.
 
 use http::StatusCode;
 use maud::html;
@@ -12,7 +13,7 @@ use super::layout::{badge, page, time};
 use super::session::Session;
 use super::{Page, html as respond};
 use crate::admin::auth;
-use crate::admin::status::status_json;
+use crate::admin::status::status_json_of;
 use crate::app::Gateway;
 use crate::core::settings::mcp::ServerKind;
 
@@ -24,10 +25,38 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// An MCP server's URL without what may be a credential: the userinfo (`user:secret@`), the
+/// query string and the fragment.
+fn display_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let url = &url[..end];
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..scheme_end], &url[scheme_end + at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// A stdio server's command without its arguments (which may carry tokens) or its folder.
+fn display_command(command: &std::path::Path) -> String {
+    command
+        .file_name()
+        .unwrap_or(command.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `GET /console/policy`.
 pub async fn page_of(gw: &Gateway, sess: &Session) -> Page {
-    let st = status_json(gw);
+    // One snapshot for the whole page: a reload between two reads would pair one chain's
+    // plugins with another's configs.
     let rt = gw.policy.current();
+    let st = status_json_of(gw, &rt);
     let reader = auth::allows(&sess.user, auth::READ);
     let configs: Vec<(String, String)> = rt
         .chain
@@ -69,20 +98,23 @@ pub async fn page_of(gw: &Gateway, sess: &Session) -> Page {
                 }
             }
         }
-        h2 { "MCP servers" }
-        @if servers.is_empty() { p.muted { "None configured." } }
-        @else {
-            table #mcp-servers {
-                tr { th { "name" } th { "transport" } th { "where" } }
-                @for sv in servers {
-                    tr {
-                        td { (sv.name) }
-                        @match &sv.kind {
-                            ServerKind::Http { url, headers } => {
-                                td { "http" } td { code { (url) } @if !headers.is_empty() { span.muted { " (with " (headers.len()) " credential headers)" } } }
-                            }
-                            ServerKind::Stdio { command, args, .. } => {
-                                td { "stdio" } td { code { (command.display()) " " (args.join(" ")) } }
+        // Which servers exist and how they are reached is for the registry's readers only.
+        @if reader {
+            h2 { "MCP servers" }
+            @if servers.is_empty() { p.muted { "None configured." } }
+            @else {
+                table #mcp-servers {
+                    tr { th { "name" } th { "transport" } th { "where" } }
+                    @for sv in servers {
+                        tr {
+                            td { (sv.name) }
+                            @match &sv.kind {
+                                ServerKind::Http { url, headers } => {
+                                    td { "http" } td { code { (display_url(url)) } @if !headers.is_empty() { span.muted { " (with " (headers.len()) " credential headers)" } } }
+                                }
+                                ServerKind::Stdio { command, args, .. } => {
+                                    td { "stdio" } td { code { (display_command(command)) } @if !args.is_empty() { span.muted { " (" (args.len()) " arguments not shown)" } } }
+                                }
                             }
                         }
                     }
@@ -117,4 +149,34 @@ pub async fn page_of(gw: &Gateway, sess: &Session) -> Page {
         StatusCode::OK,
         page(sess, "/console/policy", "Policy", body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_userinfo_query_and_fragment() {
+        assert_eq!(
+            display_url("https://user:s3cret@mcp.example.com:8443/v1/sse?token=abc#x"),
+            "https://mcp.example.com:8443/v1/sse"
+        );
+        assert_eq!(
+            display_url("http://tok@host?key=1"),
+            "http://host",
+            "no path"
+        );
+        assert_eq!(
+            display_url("http://host/a@b/c"),
+            "http://host/a@b/c",
+            "an @ in the path is not userinfo"
+        );
+        assert_eq!(display_url("http://host/p"), "http://host/p");
+    }
+
+    #[test]
+    fn commands_lose_their_folder() {
+        assert_eq!(display_command(std::path::Path::new("/usr/bin/npx")), "npx");
+        assert_eq!(display_command(std::path::Path::new("uvx")), "uvx");
+    }
 }

@@ -35,12 +35,15 @@ pub const LOGIN_COOKIE: &str = "palisade_console_login";
 const MAX_AGE_MS: i64 = 12 * 3_600_000;
 /// ... or after this long without a request.
 const IDLE_MS: i64 = 2 * 3_600_000;
-/// Most sessions kept at once (oldest dropped first beyond it).
-const MAX_SESSIONS: usize = 10_000;
+/// Most sessions one user keeps at once; signing in again beyond it ends that user's least
+/// recently used one (never anybody else's).
+const MAX_SESSIONS_PER_USER: usize = 10;
 
 struct Entry {
     /// Which gateway made it (several run in one test process).
     gateway: usize,
+    /// The user who signed in (sessions are capped per user).
+    user_id: String,
     /// The user token signed in with, re-checked on every request.
     token: String,
     csrf: String,
@@ -75,22 +78,31 @@ pub struct Session {
     pub csrf: String,
 }
 
-/// Start a session for the holder of `token` (already authenticated). Returns the cookie value.
-pub fn create(gw: &Gateway, token: &str) -> (String, String) {
+/// Start a session for `user`, who holds `token` (already authenticated). Returns the cookie
+/// value and the CSRF token.
+pub fn create(gw: &Gateway, user: &User, token: &str) -> (String, String) {
     let id = random_token();
     let csrf = random_token();
     let now = now_ms();
+    let gateway = gateway_id(gw);
     let mut t = table();
     t.retain(|_, e| live(e, now));
-    if t.len() >= MAX_SESSIONS
-        && let Some(oldest) = t.iter().min_by_key(|(_, e)| e.last_ms).map(|(k, _)| *k)
-    {
-        t.remove(&oldest);
+    let mut mine: Vec<([u8; 32], i64)> = t
+        .iter()
+        .filter(|(_, e)| e.gateway == gateway && e.user_id == user.id)
+        .map(|(k, e)| (*k, e.last_ms))
+        .collect();
+    if mine.len() >= MAX_SESSIONS_PER_USER {
+        mine.sort_by_key(|(_, last)| *last);
+        for (k, _) in &mine[..=mine.len() - MAX_SESSIONS_PER_USER] {
+            t.remove(k);
+        }
     }
     t.insert(
         key(&id),
         Entry {
-            gateway: gateway_id(gw),
+            gateway,
+            user_id: user.id.clone(),
             token: token.to_string(),
             csrf: csrf.clone(),
             created_ms: now,

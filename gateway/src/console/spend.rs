@@ -118,7 +118,7 @@ pub async fn page_of(gw: &Gateway, s: &Session, f: &Form) -> Page {
         }
         h2 { "Runs of the last 24 hours" }
         form.filters method="get" action="/console/spend/runs/" {
-            label { "open a run by id" input name="run" placeholder="run_..."; }
+            label { "open a run by id" input name="run" placeholder="run_..." required; }
         }
         table #runs {
             tr { th { "run" } th { "agents" } th { "calls" } th { "cost" } th { "last call" } }
